@@ -1,0 +1,138 @@
+"""Pydantic models for the two config files. Every field says what it is for."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthPolicy(_Strict):
+    period_s: float = Field(5.0, gt=0, description="Seconds between liveness probes (gRPC health Check).")
+    timeout_s: float = Field(2.0, gt=0, description="A probe that takes longer than this counts as failed.")
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failed probes before a restart.")
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="Time allowed from spawn to SERVING (model load included) before a restart."
+    )
+
+
+class RestartPolicy(_Strict):
+    policy: Literal["always", "on-failure", "never"] = Field(
+        "on-failure", description="When an exited service is restarted; a clean exit 0 is not a failure."
+    )
+    backoff_base_s: float = Field(0.5, ge=0, description="First restart delay; doubles on each restart.")
+    backoff_cap_s: float = Field(30.0, ge=0, description="Upper bound on the restart delay.")
+    jitter: float = Field(0.2, ge=0, le=1, description="Fraction of the delay randomised (+/-) to avoid herds.")
+    flapping_window_s: float = Field(120.0, gt=0, description="Window over which restarts are counted.")
+    flapping_max_restarts: int = Field(
+        5, ge=1, description="More restarts than this inside the window means FATAL (flapping)."
+    )
+    reset_after_s: float = Field(
+        60.0, ge=0, description="Uptime after which the backoff exponent resets to zero."
+    )
+
+
+class LogPolicy(_Strict):
+    max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Rotate a service log past this size.")
+    backups: int = Field(5, ge=0, description="Rotated log files kept per service.")
+
+
+class RemoteEndpoint(_Strict):
+    """Where a service runs when it is not spawned locally (another host, RunPod, an API)."""
+
+    kind: Literal["grpc", "http", "runpod", "openai"] = Field(description="How the hub reaches it.")
+    url: str = Field(description="Base URL or host:port of the endpoint.")
+    api_key_env: str = Field(
+        "", description="Name of the env var that holds the key; the key itself never goes in config."
+    )
+    endpoint_id: str = Field("", description="RunPod serverless endpoint id (kind=runpod).")
+
+
+class ServiceConfig(_Strict):
+    """One model service as declared in services.yaml, after profile and env overrides."""
+
+    name: str = Field(description="Service name, the key in services.yaml.")
+    role: Literal["stt", "tts", "llm"] = Field(description="Which protocol it serves (protos/uvpb/<role>.proto).")
+    extra: str = Field(description="pyproject extra installed into the service's own venv.")
+    module: str = Field(description="Python module run with -m inside that venv.")
+    enabled: bool = Field(True, description="Spawn it in this profile.")
+    engine: str = Field(description="Engine adapter name, e.g. faster-whisper, kokoro, llama.cpp.")
+    model: str = Field(description="'embedded:<name>' for a packaged model, a local path, or a hub id.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where the engine runs.")
+    host: str = Field("127.0.0.1", description="Interface the service binds to.")
+    grpc_port: int = Field(ge=0, le=65535, description="gRPC port; 0 picks a free port at spawn.")
+    http_port: int = Field(ge=0, le=65535, description="HTTP port (msgpack/JSON/OpenAI routes); 0 = free port.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the process.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Engine options (threads, beam size...).")
+    health: HealthPolicy = Field(default_factory=HealthPolicy)  # type: ignore[arg-type]
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)  # type: ignore[arg-type]
+    log: LogPolicy = Field(default_factory=LogPolicy)  # type: ignore[arg-type]
+    stop_grace_s: float = Field(10.0, ge=0, description="SIGTERM-to-SIGKILL grace period.")
+    max_request_bytes: int = Field(
+        25 * 1024 * 1024, gt=0, description="Largest request body the service accepts."
+    )
+    remote: RemoteEndpoint | None = Field(None, description="Set when the service is reached, not spawned.")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServiceConfig:
+        if self.grpc_port and self.grpc_port == self.http_port:
+            raise ValueError(f"grpc_port and http_port are both {self.grpc_port}; give them different ports")
+        return self
+
+
+class ProfileServiceOverride(_Strict):
+    """What a profile changes about a service; unset fields keep the services.yaml value."""
+
+    enabled: bool | None = None
+    engine: str | None = None
+    model: str | None = None
+    device: Literal["cpu", "cuda"] | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="Merged over the service's options.")
+    env: dict[str, str] = Field(default_factory=dict, description="Merged over the service's env.")
+    remote: RemoteEndpoint | None = None
+
+
+class ProfileConfig(_Strict):
+    name: str
+    description: str = ""
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Default device for the profile's services.")
+    services: dict[str, ProfileServiceOverride] = Field(default_factory=dict)
+
+
+class GatewayConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Main binds here; anything but loopback needs an API key.")
+    port: int = Field(8080, ge=1, le=65535, description="Main's HTTP port.")
+    api_key_env: str = Field("UV_API_KEY", description="Env var holding the gateway API key.")
+
+
+class HubConfig(_Strict):
+    protocols: tuple[Literal["grpc", "msgpack", "json"], ...] = Field(
+        ("grpc", "msgpack", "json"), description="Transport order; later ones are fallbacks."
+    )
+    default_deadline_s: float = Field(30.0, gt=0, description="Deadline of a call that sets none.")
+    connect_timeout_s: float = Field(
+        0.5, gt=0, description="How long one transport may wait for a connection before falling back."
+    )
+    max_retries: int = Field(3, ge=0, description="Retries of a transient failure (all transports down).")
+    retry_base_s: float = Field(0.05, ge=0, description="First retry delay; doubles, with jitter.")
+    retry_cap_s: float = Field(1.0, ge=0)
+    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive failed calls that open the breaker.")
+    breaker_reset_s: float = Field(5.0, gt=0, description="Open time before one half-open probe is let through.")
+
+
+class Settings(_Strict):
+    """Everything loaded from config/ plus env overrides, for one run."""
+
+    profile: ProfileConfig
+    profiles: dict[str, ProfileConfig]
+    services: dict[str, ServiceConfig] = Field(description="Effective services of the active profile.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # type: ignore[arg-type]
+    hub: HubConfig = Field(default_factory=HubConfig)  # type: ignore[arg-type]
+    config_dir: str = Field(description="Folder the files were read from.")
+
+    def enabled_services(self) -> list[ServiceConfig]:
+        return [s for s in self.services.values() if s.enabled]

@@ -1,0 +1,69 @@
+"""Every operation a service role serves, named once for gRPC and HTTP alike.
+
+The gRPC path is ``/ultravox.v1.SpeechToText/Transcribe``; the HTTP path mirrors it as
+``/rpc/ultravox.v1.SpeechToText/Transcribe``. HTTP bodies are msgpack or proto3 JSON, chosen
+by Content-Type. Every role also serves the Control operations (Echo, Info).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from core.errors import NotFound
+from uvpb import common_pb2, stt_pb2
+
+
+class Kind(enum.Enum):
+    UNARY = "unary"
+    SERVER_STREAM = "server_stream"
+    BIDI_STREAM = "bidi_stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    grpc_service: str
+    request: type[Message]
+    response: type[Message]
+    kind: Kind = Kind.UNARY
+
+    @property
+    def grpc_path(self) -> str:
+        return f"/{self.grpc_service}/{self.name}"
+
+    @property
+    def http_path(self) -> str:
+        return f"/rpc/{self.grpc_service}/{self.name}"
+
+
+_CONTROL = "ultravox.v1.Control"
+CONTROL_OPS: dict[str, Operation] = {
+    "Echo": Operation("Echo", _CONTROL, common_pb2.EchoRequest, common_pb2.EchoResponse),
+    "Info": Operation("Info", _CONTROL, common_pb2.InfoRequest, common_pb2.InfoResponse),
+}
+
+_STT = "ultravox.v1.SpeechToText"
+_ROLE_OPS: dict[str, dict[str, Operation]] = {
+    "stt": {
+        "Transcribe": Operation("Transcribe", _STT, stt_pb2.TranscribeRequest, stt_pb2.TranscribeResponse),
+    },
+}
+
+
+def operations(role: str) -> dict[str, Operation]:
+    """All operations a service of ``role`` serves, Control included."""
+    if role not in _ROLE_OPS:
+        raise NotFound(f"unknown service role {role!r}; known roles: {', '.join(sorted(_ROLE_OPS))}")
+    return {**CONTROL_OPS, **_ROLE_OPS[role]}
+
+
+def operation(role: str, method: str) -> Operation:
+    ops = operations(role)
+    if method not in ops:
+        raise NotFound(
+            f"service role {role!r} has no method {method!r}; available methods: {', '.join(sorted(ops))}"
+        )
+    return ops[method]
