@@ -1,0 +1,1 @@
+"""Managers that live in main: the ServiceSupervisor and the CommunicationManager (hub)."""

@@ -1,0 +1,32 @@
+"""How the hub finds a service: the supervisor (or a static/remote config) resolves names to endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where one service can be reached right now. Ports can change across restarts (port 0)."""
+
+    name: str
+    role: str
+    host: str
+    grpc_port: int
+    http_port: int
+    token: str = field(repr=False)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+class EndpointResolver(Protocol):
+    def endpoint(self, service: str) -> Endpoint:
+        """Current endpoint of ``service``; raises core.errors.NotFound for an unknown name."""
+        ...
