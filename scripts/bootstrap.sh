@@ -42,6 +42,6 @@ if [ ! -x "$VENV/bin/uv" ]; then
 fi
 log "installing the project with extras [$EXTRAS] (uv cache: ${UV_CACHE_DIR:-~/.cache/uv})"
 VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install --python "$VENV/bin/python" -e "$ROOT[$EXTRAS]"
-rm -f "$VENV"/.bootstrap-*
+
 touch "$stamp"
 log "main venv ready"

@@ -1,0 +1,1 @@
+"""``sm``: the operator's CLI. It talks only to main's control API over HTTP."""

@@ -1,0 +1,200 @@
+"""``sm`` commands: list, describe, health, start, stop, restart, logs, call.
+
+Finds main through ``--url`` or ``SM_URL`` (default http://127.0.0.1:8080). ``--json`` prints
+machine-readable output for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from core.cli.client import ApiError, ControlClient, MainUnreachable
+
+app = typer.Typer(help="Manage the Ultravox Pipeline services through main's control API.", no_args_is_help=True)
+
+
+class _State:
+    url: str | None = None
+    as_json: bool = False
+
+
+def _client(st: _State) -> ControlClient:
+    return ControlClient(st.url)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    url: str = typer.Option(None, "--url", envvar="SM_URL", help="Main's URL (default http://127.0.0.1:8080)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    st = _State()
+    st.url, st.as_json = url, as_json
+    ctx.obj = st
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:.0f} MB" if n else "-"
+
+
+def _dur(s: float | None) -> str:
+    if not s:
+        return "-"
+    m, sec = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+@app.command("list")
+def list_(ctx: typer.Context) -> None:
+    """List services with state, pid, ports, restarts, uptime and memory."""
+    st: _State = ctx.obj
+    rows = _client(st).get("/services")
+    if st.as_json:
+        _print_json(rows)
+        return
+    typer.echo(f"{'NAME':<10}{'STATE':<10}{'PID':>8}  {'GRPC':>6} {'HTTP':>6}  {'RESTARTS':>8}  {'UPTIME':>8}  {'RSS':>8}  LAST ERROR")
+    for r in rows:
+        typer.echo(
+            f"{r['name']:<10}{r['state']:<10}{r.get('pid') or '-':>8}  {r.get('grpc_port') or '-':>6} "
+            f"{r.get('http_port') or '-':>6}  {r.get('restarts', 0):>8}  {_dur(r.get('uptime_s')):>8}  "
+            f"{_mb(r.get('rss_bytes')):>8}  {(r.get('last_error') or '')[:60]}"
+        )
+
+
+@app.command()
+def describe(ctx: typer.Context, name: str) -> None:
+    """Everything main knows about one service, its effective config included."""
+    st: _State = ctx.obj
+    info = _client(st).get(f"/services/{name}")
+    if st.as_json:
+        _print_json(info)
+        return
+    cfg = info.pop("config", {})
+    for k, v in info.items():
+        typer.echo(f"{k:>16}: {v}")
+    typer.echo(f"{'config':>16}:")
+    for k, v in cfg.items():
+        typer.echo(f"{'':>18}{k}: {v}")
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    all_: bool = typer.Option(False, "--all", help="Also show each service's state and readiness."),
+) -> None:
+    """Main's health; exit code 0 when everything is RUNNING, 1 otherwise."""
+    st: _State = ctx.obj
+    c = _client(st)
+    body = c.get("/health", ok_statuses=(503,))
+    services = c.get("/services") if all_ else None
+    if st.as_json:
+        _print_json({"health": body, "services": services} if all_ else body)
+    else:
+        typer.echo(f"main: {body['status']} (profile {body.get('profile')})")
+        if body.get("error"):
+            typer.echo(f"  error: {body['error']}")
+        for s in services or []:
+            mark = "ok " if s["state"] == "RUNNING" else "-- "
+            err = f"  ({s['last_error']})" if s.get("last_error") else ""
+            typer.echo(f"  {mark}{s['name']:<10}{s['state']}{err}")
+    raise typer.Exit(0 if body["status"] == "ok" else 1)
+
+
+def _action(ctx: typer.Context, name: str, action: str) -> None:
+    st: _State = ctx.obj
+    r = _client(st).post(f"/services/{name}/{action}")
+    if st.as_json:
+        _print_json(r)
+    else:
+        typer.echo(f"{name}: {r['state']}" + (f" (pid {r['pid']})" if r.get("pid") else ""))
+
+
+@app.command()
+def start(ctx: typer.Context, name: str) -> None:
+    """Start a stopped or FATAL service."""
+    _action(ctx, name, "start")
+
+
+@app.command()
+def stop(ctx: typer.Context, name: str) -> None:
+    """Stop a service gracefully (SIGTERM, grace period, then SIGKILL)."""
+    _action(ctx, name, "stop")
+
+
+@app.command()
+def restart(ctx: typer.Context, name: str) -> None:
+    """Stop then start a service."""
+    _action(ctx, name, "restart")
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    name: str,
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+    lines: int = typer.Option(50, "-n", "--lines", help="Lines from the end to print first."),
+) -> None:
+    """Print a service's log (stdout and stderr of the process, rotated)."""
+    st: _State = ctx.obj
+    c = _client(st)
+    r = c.get(f"/services/{name}/logs", params={"tail": lines})
+    if st.as_json and not follow:
+        _print_json(r)
+        return
+    for line in r["lines"]:
+        typer.echo(line)
+    offset = r["offset"]
+    while follow:
+        time.sleep(0.5)
+        r = c.get(f"/services/{name}/logs", params={"offset": offset})
+        for line in r["lines"]:
+            typer.echo(line)
+        offset = r["offset"]
+
+
+@app.command()
+def call(
+    ctx: typer.Context,
+    service: str,
+    method: str,
+    data: str = typer.Option("{}", "--data", "-d", help="Request as proto3 JSON, or @file.json."),
+    protocol: str = typer.Option(None, "--protocol", "-p", help="Force grpc, msgpack or json."),
+    deadline: float = typer.Option(None, "--deadline", help="Seconds."),
+) -> None:
+    """Call a service operation through main's hub, e.g. `sm call stt Info`."""
+    st: _State = ctx.obj
+    raw = Path(data[1:]).read_text() if data.startswith("@") else data
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as e:
+        typer.echo(f"error: --data is not valid JSON ({e}); pass a JSON object or @file.json", err=True)
+        raise typer.Exit(2) from e
+    body: dict[str, Any] = {"service": service, "method": method, "payload": payload}
+    if protocol:
+        body["protocol"] = protocol
+    if deadline:
+        body["deadline_s"] = deadline
+    r = _client(st).post("/call", json=body)
+    _print_json(r if st.as_json else r["response"])
+
+
+def main() -> None:
+    try:
+        app()
+    except MainUnreachable as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    except ApiError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)

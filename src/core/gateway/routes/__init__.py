@@ -1,0 +1,1 @@
+"""Routers of main's gateway, one module per surface."""
