@@ -1,0 +1,257 @@
+"""One virtualenv per service, built with uv and keyed by a hash of what goes into it.
+
+``<paths.venvs>/<name>-<hash12>`` holds an editable install of this project with the
+service's extra (``-e '<root>[stt]'``). The hash covers the project's base dependencies and
+that extra's requirements (from pyproject.toml), the Python version, the project root the
+editable install points at, and build-affecting env such as CMAKE_ARGS. So a venv is rebuilt
+only when one of those changes, and a changed runtime env (OMP_NUM_THREADS) costs nothing.
+uv's shared cache (~/.cache/uv) makes every extra venv cheap on disk.
+
+A ``.ready`` marker is written last; a venv without it is a half-built leftover and is
+rebuilt. Builds are meant to run one at a time: the project's build hook regenerates the
+proto package in src/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from core.config import ServiceConfig
+from core.context import Paths
+from core.errors import SupervisorError, VenvBuildError
+
+READY_MARKER = ".ready"
+#: Env names (exact) whose value changes what a build produces.
+BUILD_ENV_NAMES = frozenset({"CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "FORCE_CMAKE", "MAKEFLAGS"})
+#: Env name prefixes whose value changes what a build produces (llama.cpp, CUDA, uv indexes).
+BUILD_ENV_PREFIXES = ("CMAKE_", "GGML_", "LLAMA_", "CUDA", "NVCC", "UV_INDEX", "UV_EXTRA_INDEX", "PIP_INDEX")
+_TAIL_LINES = 25
+_LINE_LIMIT = 1024 * 1024
+
+
+def build_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The subset of ``env`` that affects what gets built."""
+    return {
+        k: v for k, v in sorted(env.items()) if k in BUILD_ENV_NAMES or k.startswith(BUILD_ENV_PREFIXES)
+    }
+
+
+def requirements_of(pyproject: Mapping[str, Any], extra: str, *, source: str = "pyproject.toml") -> list[str]:
+    """Base dependencies plus those of ``extra``; VenvBuildError if the extra is not declared."""
+    project = pyproject.get("project", {})
+    extras: dict[str, list[str]] = project.get("optional-dependencies", {})
+    if extra not in extras:
+        raise VenvBuildError(
+            f"extra {extra!r} is not declared in {source} [project.optional-dependencies] "
+            f"(declared: {', '.join(sorted(extras)) or 'none'}); "
+            "fix the service's 'extra' in config/services.yaml"
+        )
+    return [*project.get("dependencies", []), *extras[extra]]
+
+
+def requirements_hash(
+    requirements: Sequence[str], python_version: str, project_root: str, env: Mapping[str, str]
+) -> str:
+    """12 hex digits that change only when what would be installed changes."""
+    doc = {
+        "requirements": sorted(r.strip() for r in requirements),
+        "python": python_version,
+        "root": project_root,
+        "build_env": build_env(env),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def find_uv() -> str:
+    """uv next to the running interpreter (the main venv) first, then on PATH."""
+    here = Path(sys.executable).parent / "uv"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("uv")
+    if found:
+        return found
+    raise VenvBuildError(
+        f"uv not found next to {sys.executable} nor on PATH; install it into the main venv "
+        "(./start.sh does) or with `pip install uv`"
+    )
+
+
+class VenvBuilder:
+    """Creates, reuses and prunes service venvs. Progress goes to ``console`` and an install log."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        python: str | None = None,
+        uv: str | None = None,
+        console: TextIO | None = None,
+        pyproject: Path | None = None,
+    ) -> None:
+        self._paths = paths
+        self._python = python or sys.executable
+        self._uv = uv
+        self._console = console if console is not None else sys.stderr
+        self._pyproject = pyproject or paths.root / "pyproject.toml"
+        self._python_version: str | None = None
+
+    # ---- identity -------------------------------------------------------------------------
+    def python_version(self) -> str:
+        if self._python_version is None:
+            if Path(self._python) == Path(sys.executable):
+                self._python_version = f"{platform.python_implementation()}-{platform.python_version()}"
+            else:
+                self._python_version = self._query_python_version()
+        return self._python_version
+
+    def _query_python_version(self) -> str:
+        code = "import platform;print(f'{platform.python_implementation()}-{platform.python_version()}')"
+        try:
+            out = subprocess.run(
+                [self._python, "-c", code], capture_output=True, text=True, timeout=30, check=True
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise VenvBuildError(
+                f"cannot run the base Python {self._python!r} for service venvs ({e}); "
+                "point the supervisor at a working Python 3.11"
+            ) from e
+        return out.stdout.strip()
+
+    def requirements(self, config: ServiceConfig) -> list[str]:
+        try:
+            doc = tomllib.loads(self._pyproject.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise VenvBuildError(f"service {config.name!r}: cannot read {self._pyproject}: {e}") from e
+        try:
+            return requirements_of(doc, config.extra, source=str(self._pyproject))
+        except VenvBuildError as e:
+            raise VenvBuildError(f"service {config.name!r}: {e}") from e
+
+    def venv_hash(self, config: ServiceConfig) -> str:
+        return requirements_hash(
+            self.requirements(config), self.python_version(), str(self._paths.root), config.env
+        )
+
+    def venv_path(self, config: ServiceConfig) -> Path:
+        return self._paths.venvs / f"{config.name}-{self.venv_hash(config)}"
+
+    def is_ready(self, config: ServiceConfig) -> bool:
+        return (self.venv_path(config) / READY_MARKER).is_file()
+
+    def python_for(self, config: ServiceConfig) -> Path:
+        """The interpreter of the service's ready venv; SupervisorError if it is not built."""
+        venv = self.venv_path(config)
+        if not (venv / READY_MARKER).is_file():
+            raise SupervisorError(
+                f"service {config.name!r} has no ready venv at {venv} (its requirements changed, or it was "
+                f"never built); run `python main.py --prepare-only` or ./start.sh to build it, and see "
+                f"{self.install_log(config)} if that fails"
+            )
+        return venv / "bin" / "python"
+
+    def install_log(self, config: ServiceConfig) -> Path:
+        return self._paths.logs / f"{config.name}.install.log"
+
+    # ---- building -------------------------------------------------------------------------
+    async def ensure(self, config: ServiceConfig) -> Path:
+        """Return the ready venv of ``config``, building it first if needed; prune stale ones."""
+        venv = self.venv_path(config)
+        if (venv / READY_MARKER).is_file():
+            self._say(config, f"venv up to date: {venv}")
+        else:
+            await self._build(config, venv)
+        await self._prune(config, keep=venv)
+        return venv
+
+    async def _build(self, config: ServiceConfig, venv: Path) -> None:
+        uv = self._uv or find_uv()
+        if await asyncio.to_thread(venv.exists):
+            self._say(config, f"removing half-built venv {venv}")
+            await asyncio.to_thread(shutil.rmtree, venv)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        log_path = self.install_log(config)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        env.update(config.env)
+        steps = [
+            [uv, "venv", "--python", self._python, str(venv)],
+            [uv, "pip", "install", "--python", str(venv / "bin" / "python"),
+             "-e", f"{self._paths.root}[{config.extra}]"],
+        ]
+        t0 = time.monotonic()
+        with log_path.open("a", encoding="utf-8") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} building {venv}\n")
+            self._say(config, f"building venv {venv.name} with extra [{config.extra}] (log: {log_path})", log)
+            for argv in steps:
+                await self._run(config, argv, env, log)
+            marker = {
+                "service": config.name, "extra": config.extra, "python": self.python_version(),
+                "requirements": self.requirements(config), "built_at": time.time(),
+            }
+            (venv / READY_MARKER).write_text(json.dumps(marker, indent=1))
+            self._say(config, f"venv ready in {time.monotonic() - t0:.1f}s: {venv}", log)
+
+    async def _run(self, config: ServiceConfig, argv: list[str], env: dict[str, str], log: TextIO) -> None:
+        cmd = " ".join(argv)
+        self._say(config, f"$ {cmd}", log)
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=self._paths.root, env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, limit=_LINE_LIMIT,
+            )
+        except OSError as e:
+            raise VenvBuildError(f"service {config.name!r}: cannot run `{cmd}`: {e}") from e
+        assert proc.stdout is not None
+        try:
+            while raw := await proc.stdout.readline():
+                line = raw.decode("utf-8", "replace").rstrip()
+                tail.append(line)
+                self._say(config, line, log)
+            rc = await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled (main is stopping): do not leave uv running
+                proc.kill()
+                await proc.wait()
+        if rc != 0:
+            last = "\n".join(tail)
+            raise VenvBuildError(
+                f"service {config.name!r}: venv build failed: `{cmd}` exited with code {rc}. "
+                f"Last output:\n{last}\nFull log: {log.name}. Fix the cause (network, a requirement in "
+                f"pyproject.toml, build env) and start again; the half-built venv is rebuilt."
+            )
+
+    def stale_venvs(self, config: ServiceConfig, keep: Path) -> list[Path]:
+        """Other venvs of the same service (older requirement hashes)."""
+        pattern = re.compile(rf"^{re.escape(config.name)}-[0-9a-f]{{12}}$")
+        if not self._paths.venvs.is_dir():
+            return []
+        return [p for p in self._paths.venvs.iterdir() if p != keep and p.is_dir() and pattern.match(p.name)]
+
+    async def _prune(self, config: ServiceConfig, keep: Path) -> None:
+        for old in await asyncio.to_thread(self.stale_venvs, config, keep):
+            self._say(config, f"removing stale venv {old}")
+            # A venv can hold gigabytes (torch): delete off the loop so main keeps answering.
+            await asyncio.to_thread(shutil.rmtree, old, True)
+
+    def _say(self, config: ServiceConfig, line: str, log: TextIO | None = None) -> None:
+        self._console.write(f"[{config.name} venv] {line}\n")
+        self._console.flush()
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
