@@ -1,0 +1,378 @@
+"""CommunicationManager: call any operation of any service, over the best transport that works.
+
+One call is:
+
+1. resolve the service to its current endpoint and role, and the method to its catalog
+   Operation (an unknown service, method or protocol fails before any I/O);
+2. ask the service's circuit breaker (an open breaker fails at once with CircuitOpen);
+3. one *round*: try the transports in ``HubConfig.protocols`` order (gRPC, HTTP+msgpack,
+   HTTP+JSON), moving to the next one **only** on ``TransportError``. Any other error ends the
+   call at once: a rejected request (InvalidArgument, NotFound, ...), a handler failure
+   (ServiceFailed), the deadline;
+4. if the round failed transiently (every transport failed to carry the call, or the service
+   said UNAVAILABLE), wait a jittered exponential backoff and run another round, up to
+   ``max_retries`` times and never past the deadline (DeadlineExceeded then). The endpoint
+   is resolved again before each retry, since a restarted service may have new ports.
+
+Transport memory: a transport that failed to carry a call to a service is skipped for that
+service for ``transport_down_s`` (1 s by default), as long as a later transport is not also
+marked down; the order itself never changes, so gRPC is used again as soon as the mark
+expires. This keeps a black-holed gRPC port from costing ``connect_timeout_s`` on every call.
+A refused port costs little either way (the gRPC channel reports TRANSIENT_FAILURE at once).
+A forced protocol (``protocol=``) ignores the marks and never falls back; it is still retried.
+
+The breaker counts *calls*, not attempts: a call that ends in a transient failure (after its
+retries) is one failure; a call the service answered, even with a rejection, is a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from google.protobuf.message import Message
+
+from core.config.models import HubConfig
+from core.context import ProcessContext
+from core.errors import (
+    CallError,
+    CircuitOpen,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RequestRejected,
+    ServiceUnavailable,
+    TransportError,
+)
+from core.managers.endpoint import Endpoint, EndpointResolver
+from core.managers.hub.breaker import BreakerState, CircuitBreaker
+from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics
+from core.managers.hub.retry import RetryPolicy
+from core.managers.hub.transports import GrpcTransport, HttpClientPool, HttpTransport, Transport, UnaryCall
+from core.wire import Operation, operation, to_message
+
+DEFAULT_TRANSPORT_DOWN_S = 1.0
+
+
+@dataclass(slots=True)
+class _Call:
+    """What every round of one call needs; ``endpoint`` is refreshed before each retry."""
+
+    endpoint: Endpoint
+    op: Operation
+    request: Message
+    order: tuple[str, ...]
+    forced: bool
+    deadline: float
+    caller: tuple[tuple[str, str], ...]
+
+
+def default_transports() -> dict[str, Transport]:
+    """The real transports; msgpack and JSON share one HTTP client per service."""
+    pool = HttpClientPool()
+    return {"grpc": GrpcTransport(), "msgpack": HttpTransport("msgpack", pool=pool),
+            "json": HttpTransport("json", pool=pool)}
+
+
+def _is_breaker_failure(err: CallError) -> bool:
+    """Transient failures count against the breaker; an answer from the service (even a no) does not."""
+    return err.transient and not isinstance(err, RequestRejected)
+
+
+def _is_retryable(err: CallError) -> bool:
+    return isinstance(err, TransportError | ServiceUnavailable) and not isinstance(err, CircuitOpen)
+
+
+class CommunicationManager:
+    """The hub: one in-process client for every model service, over gRPC, msgpack or JSON."""
+
+    def __init__(
+        self,
+        ctx: ProcessContext,
+        resolver: EndpointResolver,
+        *,
+        config: HubConfig | None = None,
+        transports: Mapping[str, Transport] | None = None,
+        transport_down_s: float = DEFAULT_TRANSPORT_DOWN_S,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config if config is not None else ctx.settings.hub
+        self._ctx = ctx
+        self._resolver = resolver
+        self._transports: dict[str, Transport] = (
+            dict(transports) if transports is not None else default_transports()
+        )
+        self._order = tuple(p for p in self.config.protocols if p in self._transports)
+        if not self._order:
+            raise ValueError(
+                f"no transport for any protocol in hub.protocols {list(self.config.protocols)}; "
+                f"transports given: {sorted(self._transports)}"
+            )
+        self._transport_down_s = transport_down_s
+        self._clock = clock
+        self._retry = RetryPolicy(
+            self.config.max_retries, self.config.retry_base_s, self.config.retry_cap_s, rng or random.Random()
+        )
+        self.metrics = HubMetrics(ctx.registry)
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._down: dict[tuple[str, str], float] = {}
+        self._ops: dict[tuple[str, str], Operation] = {}
+        self._closed = False
+
+    # ---- public API -------------------------------------------------------------------------
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        payload: Message | Mapping[str, Any] | None = None,
+        *,
+        protocol: str | None = None,
+        deadline_s: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Call ``service.method`` and return the Operation's response message.
+
+        Raises a ``core.errors.CallError``: NotFound / InvalidArgument before any I/O for an
+        unknown service, method, protocol or a bad payload; CircuitOpen while the breaker is
+        open; the service's own rejection or failure as sent; DeadlineExceeded; or
+        ServiceUnavailable once every transport and retry failed.
+        """
+        if self._closed:
+            raise ServiceUnavailable("the hub is closed", service=service, method=method)
+        endpoint = self._endpoint(service)
+        op = self._operation(endpoint.role, method)
+        order = self._protocols(protocol)
+        request = to_message(op.request, payload)
+        timeout = self.config.default_deadline_s if deadline_s is None else deadline_s
+        if not timeout > 0:
+            raise InvalidArgument(f"deadline_s must be > 0, got {deadline_s}", service=service, method=method)
+        deadline = asyncio.get_running_loop().time() + timeout
+        caller = _caller_metadata(metadata)
+
+        breaker = self._breaker(service)
+        try:
+            breaker.acquire()
+        except CircuitOpen as e:
+            e.method = method
+            self.metrics.attempt(service, method, NO_PROTOCOL, e, 0.0)
+            raise
+        try:
+            response = await self._rounds(
+                _Call(endpoint, op, request, order, protocol is not None, deadline, caller)
+            )
+        except CallError as e:
+            if _is_breaker_failure(e):
+                breaker.failure()
+            else:
+                breaker.success()
+            raise
+        except BaseException:  # cancelled: no verdict on the service's health
+            breaker.release()
+            raise
+        breaker.success()
+        return response
+
+    def breaker_state(self, service: str) -> str:
+        """``closed``, ``half_open`` or ``open``; a service never called reads ``closed``."""
+        b = self._breakers.get(service)
+        return b.state.value if b is not None else BreakerState.CLOSED.value
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per service: breaker state, protocols now skipped, counts per protocol and outcome."""
+        now = self._clock()
+        services = set(self._breakers) | set(self.metrics.stats)
+        out: dict[str, Any] = {}
+        for svc in sorted(services):
+            b = self._breakers.get(svc)
+            out[svc] = {
+                "breaker": self.breaker_state(svc),
+                "consecutive_failures": b.consecutive_failures if b is not None else 0,
+                "down": [p for p in self._order if self._down.get((svc, p), 0.0) > now],
+                **self.metrics.stats[svc].to_dict(),
+            }
+        return out
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The fallback order in use (HubConfig.protocols that have a transport)."""
+        return self._order
+
+    async def close(self) -> None:
+        """Close every transport (channels, HTTP clients). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        unique = {id(t): t for t in self._transports.values()}
+        await asyncio.gather(*(t.close() for t in unique.values()), return_exceptions=True)
+
+    async def __aenter__(self) -> CommunicationManager:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ---- one call -----------------------------------------------------------------------------
+
+    async def _rounds(self, c: _Call) -> Message:
+        service, op, loop = c.endpoint.name, c.op, asyncio.get_running_loop()
+        last: CallError | None = None
+        for rnd in range(self._retry.max_retries + 1):
+            if rnd:
+                delay = self._retry.delay(rnd - 1)
+                if loop.time() + delay >= c.deadline:
+                    raise DeadlineExceeded(
+                        f"{service}.{op.name}: the deadline leaves no time for retry {rnd}; "
+                        f"last error: {last}", service=service, method=op.name,
+                    ) from last
+                self.metrics.retry(service)
+                await asyncio.sleep(delay)
+                c.endpoint = self._endpoint(service)  # a restarted service may have new ports
+            try:
+                return await self._round(c)
+            except CallError as e:
+                if not _is_retryable(e):
+                    raise
+                last = e
+        assert last is not None
+        raise ServiceUnavailable(
+            f"service {service!r} could not serve {op.name} after {self._retry.max_retries + 1} "
+            f"attempt(s) over {', '.join(c.order)}: {last}", service=service, method=op.name,
+            protocol=last.protocol,
+        ) from last
+
+    async def _round(self, c: _Call) -> Message:
+        """Each transport in order once; falls through only on TransportError."""
+        service = c.endpoint.name
+        skip = () if c.forced else self._down_now(service, c.order)
+        live = [p for p in c.order if p not in skip]
+        metadata = (("x-internal-token", c.endpoint.token), *c.caller)
+        failed: list[TransportError] = []
+        passed: list[str] = []  # failed or skipped since the last attempt, for the fallback metric
+        for name in c.order:
+            if name in skip:
+                passed.append(name)
+                continue
+            for a, b in itertools.pairwise([*passed, name]):
+                self.metrics.fallback(service, a, b)
+            call = UnaryCall(
+                c.endpoint, c.op, c.request, c.deadline, metadata, self.config.connect_timeout_s,
+                fail_fast=name != live[-1],
+            )
+            try:
+                response = await self._attempt(name, call)
+            except TransportError as e:
+                self._mark_down(service, name, e)
+                failed.append(e)
+                passed = [name]
+                continue
+            self._down.pop((service, name), None)
+            return response
+        if len(failed) == 1:
+            raise failed[0]
+        raise TransportError(
+            "; ".join(f"{e.protocol}: {e.message}" for e in failed),
+            service=service, method=c.op.name, protocol=failed[-1].protocol,
+        ) from failed[-1]
+
+    async def _attempt(self, name: str, call: UnaryCall) -> Message:
+        """One transport attempt under the call's deadline, counted in the metrics."""
+        service, method = call.endpoint.name, call.operation.name
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(call.deadline):
+                response = await self._transports[name].unary(call)
+        except TimeoutError as e:
+            err: CallError = DeadlineExceeded(f"{service}.{method} over {name}: the deadline passed")
+            self._fail(err, service, method, name, t0)
+            raise err from e
+        except CallError as e:
+            self._fail(e, service, method, name, t0)
+            raise
+        except OSError as e:
+            err = TransportError(f"{type(e).__name__}: {e}")
+            self._fail(err, service, method, name, t0)
+            raise err from e
+        self.metrics.attempt(service, method, name, None, time.perf_counter() - t0)
+        return response
+
+    def _fail(self, err: CallError, service: str, method: str, protocol: str, t0: float) -> None:
+        err.service = err.service or service
+        err.method = err.method or method
+        err.protocol = err.protocol or protocol
+        self.metrics.attempt(service, method, protocol, err, time.perf_counter() - t0)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _endpoint(self, service: str) -> Endpoint:
+        try:
+            return self._resolver.endpoint(service)
+        except KeyError as e:  # a resolver that forgot to translate its lookup error
+            raise NotFound(f"unknown service {service!r}", service=service) from e
+
+    def _operation(self, role: str, method: str) -> Operation:
+        op = self._ops.get((role, method))
+        if op is None:
+            op = self._ops[(role, method)] = operation(role, method)
+        return op
+
+    def _protocols(self, protocol: str | None) -> tuple[str, ...]:
+        if protocol is None:
+            return self._order
+        if protocol not in self._transports:
+            raise InvalidArgument(
+                f"unknown protocol {protocol!r}; use one of: {', '.join(self._order)}", protocol=protocol
+            )
+        return (protocol,)
+
+    def _breaker(self, service: str) -> CircuitBreaker:
+        b = self._breakers.get(service)
+        if b is None:
+            def on_change(state: BreakerState) -> None:
+                self.metrics.breaker(service, state)
+                self._ctx.log.warning("hub: circuit breaker for %s is now %s", service, state.value)
+
+            b = self._breakers[service] = CircuitBreaker(
+                service, failure_threshold=self.config.breaker_failure_threshold,
+                reset_s=self.config.breaker_reset_s, clock=self._clock, on_change=on_change,
+            )
+            self.metrics.breaker(service, BreakerState.CLOSED)
+        return b
+
+    def _down_now(self, service: str, order: tuple[str, ...]) -> tuple[str, ...]:
+        """Transports of ``order`` marked down for ``service``; none if all of them are."""
+        if not self._down:
+            return ()
+        now = self._clock()
+        down = tuple(p for p in order if self._down.get((service, p), 0.0) > now)
+        return () if len(down) == len(order) else down
+
+    def _mark_down(self, service: str, protocol: str, err: TransportError) -> None:
+        if self._transport_down_s <= 0:
+            return
+        key = (service, protocol)
+        now = self._clock()
+        if self._down.get(key, 0.0) <= now:
+            self._ctx.log.info(
+                "hub: %s over %s failed (%s); skipping %s for %s for %.1f s",
+                service, protocol, err.message, protocol, service, self._transport_down_s,
+            )
+        self._down[key] = now + self._transport_down_s
+
+
+def _caller_metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """Lower-case keys, a request id always present (the caller's, or a new one), no token."""
+    md = {k.lower(): str(v) for k, v in (metadata or {}).items()}
+    md.pop("x-internal-token", None)
+    rid = md.pop("x-request-id", "") or uuid.uuid4().hex
+    return (("x-request-id", rid), *md.items())

@@ -1,0 +1,128 @@
+"""The hub's Prometheus metrics, plus plain counters for the JSON views (``snapshot``).
+
+Created per CommunicationManager in its process's registry (never module-level), so two
+registries never share series. Label children are cached: a labelled ``inc`` or ``observe``
+then costs a dict lookup, which keeps the hub's own overhead per call in microseconds.
+
+    ultravox_hub_calls_total{service,method,protocol,outcome}      one per transport attempt
+    ultravox_hub_call_duration_seconds{service,method,protocol}     successful attempts only
+    ultravox_hub_fallbacks_total{service,from_protocol,to_protocol} a call moved to the next protocol
+    ultravox_hub_retries_total{service}                             a new round after all failed
+    ultravox_hub_breaker_state{service}                             0 closed, 1 half-open, 2 open
+
+``outcome`` is ``ok``, ``transport_error``, ``circuit_open`` or the lower-case status name of
+the error (``invalid_argument``, ``deadline_exceeded``, ``unavailable``, ``internal``...).
+Calls refused by an open breaker have ``protocol="none"``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from core.errors import CallError, CircuitOpen, TransportError
+from core.managers.hub.breaker import BreakerState
+
+# Sub-millisecond resolution for loopback control calls, up to the longest deadlines.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+NO_PROTOCOL = "none"
+
+
+def outcome_of(err: CallError | None) -> str:
+    if err is None:
+        return "ok"
+    if isinstance(err, TransportError):
+        return "transport_error"
+    if isinstance(err, CircuitOpen):
+        return "circuit_open"
+    return err.code.lower()
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    """Plain counts for one service, for JSON views."""
+
+    calls: defaultdict[str, defaultdict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
+    fallbacks: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    retries: int = 0
+    last_error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": {p: dict(o) for p, o in self.calls.items()},
+            "fallbacks": dict(self.fallbacks),
+            "retries": self.retries,
+            "last_error": self.last_error,
+        }
+
+
+class HubMetrics:
+    """Every metric the hub records, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._calls = Counter(
+            "ultravox_hub_calls_total",
+            "Transport attempts made by the hub, by service, method, protocol and outcome.",
+            ["service", "method", "protocol", "outcome"], registry=registry,
+        )
+        self._latency = Histogram(
+            "ultravox_hub_call_duration_seconds",
+            "Latency of successful hub calls over one transport, by service, method and protocol.",
+            ["service", "method", "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self._fallbacks = Counter(
+            "ultravox_hub_fallbacks_total",
+            "Calls moved to the next protocol because one failed or was known to be down.",
+            ["service", "from_protocol", "to_protocol"], registry=registry,
+        )
+        self._retries = Counter(
+            "ultravox_hub_retries_total",
+            "Retry rounds after every transport of a call failed transiently, by service.",
+            ["service"], registry=registry,
+        )
+        self._breaker = Gauge(
+            "ultravox_hub_breaker_state",
+            "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
+            ["service"], registry=registry,
+        )
+        self._children: dict[tuple[object, ...], Any] = {}
+        self.stats: defaultdict[str, ServiceStats] = defaultdict(ServiceStats)
+
+    def _child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def attempt(
+        self, service: str, method: str, protocol: str, err: CallError | None, seconds: float
+    ) -> None:
+        outcome = outcome_of(err)
+        self._child(self._calls, service, method, protocol, outcome).inc()
+        stats = self.stats[service]
+        stats.calls[protocol][outcome] += 1
+        if err is None:
+            self._child(self._latency, service, method, protocol).observe(seconds)
+        else:
+            stats.last_error = f"{method} over {protocol}: {type(err).__name__}: {err.message}"
+
+    def fallback(self, service: str, from_protocol: str, to_protocol: str) -> None:
+        self._child(self._fallbacks, service, from_protocol, to_protocol).inc()
+        self.stats[service].fallbacks[f"{from_protocol}->{to_protocol}"] += 1
+
+    def retry(self, service: str) -> None:
+        self._child(self._retries, service).inc()
+        self.stats[service].retries += 1
+
+    def breaker(self, service: str, state: BreakerState) -> None:
+        self._child(self._breaker, service).set(BREAKER_VALUE[state])
