@@ -15,7 +15,7 @@ from core.errors import (
     TransportError,
     Unauthenticated,
 )
-from core.managers.hub.transports.grpc import CHANNEL_OPTIONS, map_rpc_error
+from core.managers.hub.transports.grpc import CHANNEL_OPTIONS, GrpcTransport, map_rpc_error
 
 
 def _rpc_error(code: grpc.StatusCode, details: str = "why") -> grpc.aio.AioRpcError:
@@ -52,3 +52,8 @@ def test_channel_options_bound_hang_detection_and_reconnects() -> None:
     assert opts["grpc.keepalive_timeout_ms"] <= 5_000
     assert opts["grpc.max_reconnect_backoff_ms"] <= 300
     assert opts["grpc.max_receive_message_length"] >= 64 * 1024 * 1024
+
+
+def test_min_reconnect_backoff_is_the_connect_timeout() -> None:
+    t = GrpcTransport(connect_timeout_s=0.75)
+    assert dict(t._options)["grpc.min_reconnect_backoff_ms"] == 750

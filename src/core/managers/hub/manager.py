@@ -74,10 +74,11 @@ class _Call:
     caller: tuple[tuple[str, str], ...]
 
 
-def default_transports() -> dict[str, Transport]:
+def default_transports(config: HubConfig) -> dict[str, Transport]:
     """The real transports; msgpack and JSON share one HTTP client per service."""
     pool = HttpClientPool()
-    return {"grpc": GrpcTransport(), "msgpack": HttpTransport("msgpack", pool=pool),
+    return {"grpc": GrpcTransport(connect_timeout_s=config.connect_timeout_s),
+            "msgpack": HttpTransport("msgpack", pool=pool),
             "json": HttpTransport("json", pool=pool)}
 
 
@@ -108,7 +109,7 @@ class CommunicationManager:
         self._ctx = ctx
         self._resolver = resolver
         self._transports: dict[str, Transport] = (
-            dict(transports) if transports is not None else default_transports()
+            dict(transports) if transports is not None else default_transports(self.config)
         )
         self._order = tuple(p for p in self.config.protocols if p in self._transports)
         if not self._order:

@@ -6,7 +6,10 @@ Channel options matter here (see ``CHANNEL_OPTIONS``):
   ``grpc.keepalive_timeout_ms`` (gRPC Core's ping timeout defaults to 60 s and overrides the
   keepalive timeout), so a hung service fails its calls in ~13 s instead of staying unseen;
 * reconnect backoff of 100-300 ms, so a service restarted on the same port is reached again
-  within about 0.3 s;
+  within about 0.3 s. ``grpc.min_reconnect_backoff_ms`` is, despite its name, gRPC Core's
+  *minimum connect timeout* (how long one attempt, TCP plus HTTP/2 handshake, may take), so it
+  is set to the hub's ``connect_timeout_s`` rather than to a backoff-sized 100 ms, which would
+  fail every handshake slower than that (a remote host, a busy service);
 * 64 MiB message limits for long audio.
 
 Calls use ``wait_for_ready=True`` (a reconnecting channel is waited for rather than failed),
@@ -47,9 +50,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_timeout_ms", 3_000),
     ("grpc.http2.ping_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 0),
-    # Reconnect quickly to a restarted service.
+    # Reconnect quickly to a restarted service (min_reconnect_backoff_ms, the connect timeout
+    # of one attempt, is added per transport from connect_timeout_s).
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 300),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -99,9 +102,15 @@ class GrpcTransport:
     """Unary calls over gRPC with one reused channel per service."""
 
     def __init__(
-        self, *, options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS, close_grace_s: float = 1.0
+        self,
+        *,
+        connect_timeout_s: float = 0.5,
+        options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS,
+        close_grace_s: float = 1.0,
     ) -> None:
-        self._options = tuple(options)
+        """``connect_timeout_s`` bounds one connection attempt (HubConfig.connect_timeout_s)."""
+        connect_ms = max(100, round(connect_timeout_s * 1000))
+        self._options = (*options, ("grpc.min_reconnect_backoff_ms", connect_ms))
         self._close_grace_s = close_grace_s
         self._channels: dict[str, _Channel] = {}
         self._retiring: set[asyncio.Task[None]] = set()
