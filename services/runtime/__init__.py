@@ -1,0 +1,44 @@
+"""The shared runtime every model service runs on: gRPC (primary) and HTTP in one asyncio loop.
+
+A service declares handlers for its role's operations (``core.wire.catalog``) and how to load
+its model; the runtime does the rest: generic gRPC handlers and HTTP routes (msgpack or JSON)
+for every operation, Control (Echo, Info), grpc.health.v1 plus /livez /readyz, /metrics, the
+internal token, error mapping, JSON logs, graceful drain on SIGTERM and the parent watchdog::
+
+    class MyService:
+        role = "stt"
+        def handlers(self): return {"Transcribe": self.transcribe}
+        async def transcribe(self, req, call: CallInfo): ...
+        def load(self): ...                      # blocking, in a worker thread
+        def describe(self): return ModelDescription(engine=..., model=..., device=...)
+        def http_routes(self, kit: HttpKit): return []
+        def close(self): ...
+
+    # services/<role>/__main__.py
+    raise SystemExit(service_main("stt", MyService))   # MyService(ctx: ServiceContext)
+"""
+
+from services.runtime.api import CallInfo, Handler, ModelDescription, ModelService, ServiceFactory, Transport
+from services.runtime.entry import service_main
+from services.runtime.http_app import JSON_TYPE, MSGPACK_TYPES, HttpKit
+from services.runtime.lifecycle import EXIT_CRASH, EXIT_OK, EXIT_ORPHANED, EXIT_STARTUP, EXIT_USAGE
+from services.runtime.limits import RequestTooLarge
+
+__all__ = [
+    "EXIT_CRASH",
+    "EXIT_OK",
+    "EXIT_ORPHANED",
+    "EXIT_STARTUP",
+    "EXIT_USAGE",
+    "JSON_TYPE",
+    "MSGPACK_TYPES",
+    "CallInfo",
+    "Handler",
+    "HttpKit",
+    "ModelDescription",
+    "ModelService",
+    "RequestTooLarge",
+    "ServiceFactory",
+    "Transport",
+    "service_main",
+]

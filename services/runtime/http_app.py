@@ -1,0 +1,160 @@
+"""The HTTP side: every operation at ``Operation.http_path`` plus probes and /metrics.
+
+Bodies are msgpack (``application/msgpack`` or ``application/x-msgpack``; bytes stay raw) or
+proto3 JSON (``application/json``; bytes are base64), and the reply uses the request's type.
+Errors are ``{"error": {"code", "message"}}`` with the error's HTTP status. Probes and
+/metrics need no token; everything else does (``X-Internal-Token`` or ``Authorization: Bearer``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+
+import msgpack
+from google.protobuf.message import Message
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from core.errors import CallError, InvalidArgument, NotFound, Unauthenticated
+from core.wire import Operation, from_json, from_msgpack, to_json, to_msgpack
+from services.runtime.api import CallInfo, Transport
+from services.runtime.dispatch import TOKEN_HINT, Dispatcher
+from services.runtime.limits import BodyLimit
+from services.runtime.state import ServiceState
+
+MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
+JSON_TYPE = "application/json"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def error_body(err: CallError, media: str) -> tuple[bytes, str]:
+    payload = {"error": {"code": err.code, "message": err.message}}
+    if media in MSGPACK_TYPES:
+        return msgpack.packb(payload, use_bin_type=True), media
+    return json.dumps(payload).encode(), JSON_TYPE
+
+
+class UnsupportedMediaType(InvalidArgument):
+    http_status = 415
+
+
+class HttpKit:
+    """Auth, call info, dispatch and error rendering for HTTP routes, the service's own included."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    @staticmethod
+    def token(request: Request) -> str | None:
+        token = request.headers.get("x-internal-token")
+        if token:
+            return token
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        return value.strip() or None if scheme.lower() == "bearer" else None
+
+    def call_info(self, request: Request, method: str, protocol: Transport) -> CallInfo:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        return CallInfo(method=method, protocol=protocol, request_id=rid, peer=peer)
+
+    def authenticate(self, request: Request) -> None:
+        token = self.token(request)
+        if token is None:
+            raise Unauthenticated(
+                f"missing internal token: {TOKEN_HINT}, or an 'Authorization: Bearer <token>' header"
+            )
+        self.dispatcher.check_token(token)
+
+    async def invoke(self, request: Request, call: CallInfo, message: Message) -> Message:
+        """Dispatch; a CallError raised here is already counted and logged."""
+        return await self.dispatcher.invoke(call.method, message, call, self.token(request))
+
+    def refused(self, call: CallInfo, err: CallError, media: str = JSON_TYPE) -> Response:
+        """Count, log and render an error raised *before* :meth:`invoke` (auth, body, media type)."""
+        self.dispatcher.refuse(call, err)
+        return self.render(err, media, call.request_id)
+
+    @staticmethod
+    def render(err: CallError, media: str, request_id: str = "") -> Response:
+        body, media_out = error_body(err, media)
+        headers = {"x-request-id": request_id} if request_id else {}
+        return Response(body, status_code=err.http_status, media_type=media_out, headers=headers)
+
+
+def _op_endpoint(kit: HttpKit, op: Operation) -> Callable[[Request], object]:
+    async def endpoint(request: Request) -> Response:
+        media = media_type(request)
+        protocol: Transport = "msgpack" if media in MSGPACK_TYPES else "json"
+        call = kit.call_info(request, op.name, protocol)
+        try:
+            kit.authenticate(request)
+            if media not in MSGPACK_TYPES and media != JSON_TYPE:
+                raise UnsupportedMediaType(
+                    f"Content-Type {media or '(none)'!r} is not supported; send the body as "
+                    "application/msgpack (or application/x-msgpack) or application/json"
+                )
+            body = await request.body()
+            message = from_msgpack(op.request, body) if protocol == "msgpack" else from_json(op.request, body)
+        except CallError as err:
+            return kit.refused(call, err, media)
+        try:
+            reply = await kit.invoke(request, call, message)
+        except CallError as err:
+            return kit.render(err, media, call.request_id)
+        data = to_msgpack(reply) if protocol == "msgpack" else to_json(reply)
+        return Response(data, media_type=media, headers={"x-request-id": call.request_id})
+
+    return endpoint
+
+
+def build_http_app(
+    kit: HttpKit,
+    state: ServiceState,
+    registry: CollectorRegistry,
+    max_request_bytes: int,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> BodyLimit:
+    """The ASGI app for uvicorn: operation routes, service routes, probes, metrics."""
+    ops = kit.dispatcher.operations.values()
+
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "alive", "service": state.service, "phase": state.phase.value})
+
+    async def readyz(request: Request) -> Response:
+        if state.ready:
+            body = {"status": "ready", "service": state.service, "load_time_s": state.load_time_s}
+            return JSONResponse(body)
+        return JSONResponse(
+            {"status": state.phase.value, "service": state.service, "reason": state.reason()}, status_code=503
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        routes = ", ".join(f"POST {op.http_path}" for op in ops)
+        err = NotFound(
+            f"no route for {request.method} {request.url.path} (HTTP {status}); this service serves "
+            f"{routes}, and GET /livez, /readyz, /metrics"
+        )
+        return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=status)
+
+    routes: list[BaseRoute] = [Route(op.http_path, _op_endpoint(kit, op), methods=["POST"]) for op in ops]
+    routes += [
+        *extra_routes,
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed})
+    return BodyLimit(app, max_request_bytes, render=kit.render)

@@ -1,0 +1,56 @@
+"""Prometheus metrics every service exports, registered on the process's own registry.
+
+Labels stay low-cardinality: service, method, protocol and outcome (``ok`` or the lower-case
+status code, e.g. ``invalid_argument``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class RuntimeMetrics:
+    """Calls, latency, in-flight calls, readiness and model load time of one service."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        self.calls = Counter(
+            "uv_service_calls_total",
+            "Operation calls handled by this service, by method, protocol and outcome.",
+            ["service", "method", "protocol", "outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "uv_service_call_duration_seconds",
+            "Wall time from receiving a decoded request to having its reply, by method and protocol.",
+            ["service", "method", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "uv_service_calls_in_flight",
+            "Operation calls being handled right now, by method.",
+            ["service", "method"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "uv_service_ready",
+            "1 once the model is loaded and the service is SERVING, else 0.",
+            ["service"],
+            registry=registry,
+        )
+        self.model_load = Gauge(
+            "uv_service_model_load_seconds",
+            "Seconds the last model load took (model assembly included).",
+            ["service"],
+            registry=registry,
+        )
+        self.ready.labels(service).set(0)
+
+    def observe(self, method: str, protocol: str, outcome: str, seconds: float | None) -> None:
+        """Count one call; ``seconds`` is None for calls refused before a handler ran."""
+        self.calls.labels(self.service, method, protocol, outcome).inc()
+        if seconds is not None:
+            self.latency.labels(self.service, method, protocol).observe(seconds)

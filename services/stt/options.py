@@ -1,0 +1,49 @@
+"""The STT service's engine options (``options:`` of the service in config/services.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.config import ServiceConfig
+from core.errors import ConfigError
+
+
+class SttOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute_type: str = Field("int8", description="CTranslate2 compute type: int8, float16, int8_float16...")
+    cpu_threads: int = Field(0, ge=0, description="Threads per transcription; 0 lets CTranslate2 pick.")
+    beam_size: int = Field(1, ge=1, le=20, description="Default beam width; a request may set its own.")
+    language: str = Field(
+        "auto", description="Default language: an ISO-639-1 code ('en'), or 'auto' to detect (~0.8 s more)."
+    )
+    max_audio_s: float = Field(600.0, gt=0, description="Longest clip accepted; longer ones get a 400.")
+    max_concurrency: int = Field(
+        1, ge=1, le=16, description="Transcriptions run at once (CTranslate2 workers); the rest wait in line."
+    )
+    max_queue: int = Field(
+        16, ge=0, description="Calls allowed to wait for a worker; beyond that they get RESOURCE_EXHAUSTED."
+    )
+    vad_filter: bool = Field(False, description="Drop silence with faster-whisper's Silero VAD first.")
+
+    @classmethod
+    def from_config(cls, cfg: ServiceConfig) -> SttOptions:
+        where = "config/services.yaml (or the profile in config/profiles.yaml)"
+        try:
+            return cls.model_validate(_lower_language(cfg.options))
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            fields = ", ".join(cls.model_fields)
+            raise ConfigError(
+                where, f"services.{cfg.name}.options.{key}", f"{first['msg']} (known options: {fields})"
+            ) from e
+
+
+def _lower_language(options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    if isinstance(out.get("language"), str):
+        out["language"] = out["language"].strip().lower() or "auto"
+    return out
