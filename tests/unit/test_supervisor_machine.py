@@ -19,6 +19,7 @@ import pytest
 from core.context import LAUNCH_SPEC_ENV
 from core.errors import NotFound, PortInUse, ServiceUnavailable, SupervisorError, UnknownService
 from core.managers.supervisor import HealthStatus, ServiceSupervisor, State
+from core.managers.supervisor.process import describe_exit
 from tests.helpers.supervisor_fakes import (
     FakeClock,
     FakeProber,
@@ -378,3 +379,18 @@ async def test_shutdown_stops_everything_and_closes_the_prober(rig: Rig) -> None
         "name", "role", "state", "pid", "host", "grpc_port", "http_port", "restarts", "uptime_s", "rss_bytes",
         "cpu_percent", "health_failures", "last_error", "venv",
     }
+
+
+async def test_stop_when_not_running_is_a_no_op_and_clears_fatal(rig: Rig) -> None:
+    assert (await rig.sup.stop("svc")).state is State.STOPPED and rig.transitions == []
+    rig.api.spawn_error = OSError("exec failed")
+    with pytest.raises(SupervisorError):
+        await rig.sup.start("svc")
+    assert (await rig.sup.stop("svc")).state is State.STOPPED
+    assert rig.edges()[-1] == (State.FATAL, State.STOPPED)
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(-200) == "killed by signal 200"
