@@ -21,10 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # Reconnect quickly: a service that restarts on the same port must be seen within a probe
 # period or two, not after grpc's default reconnect backoff (1 s growing to 120 s).
+# ``grpc.min_reconnect_backoff_ms`` is, despite its name, gRPC Core's minimum *connect timeout*
+# for one attempt; a backoff-sized value would fail every slow handshake (a busy service), so
+# it stays well above any probe timeout; each probe is bounded by its own deadline anyway.
+# A local subchannel pool keeps a re-created channel from inheriting an old backoff state.
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 5_000),
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.enable_retries", 0),
 )
 # Extra time on top of the probe timeout before the local guard gives up on grpc itself.
