@@ -90,7 +90,7 @@ class EchoGrpcServer:
         self.counts.hit("grpc", md)
         if md.get("x-internal-token") != self.token:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-internal-token")
-        payload: bytes = request.payload  # type: ignore[attr-defined]
+        payload: bytes = request.payload
         hook = _hook(payload)
         if hook is not None:
             await context.abort(hook[0], f"test hook {payload[:16]!r}")
@@ -173,7 +173,7 @@ class EchoHttpServer:
             req = codec.decode(ECHO.request, body)
         except InvalidArgument as e:
             return await self._reply(send, codec, 400, error=("INVALID_ARGUMENT", e.message))
-        payload: bytes = req.payload  # type: ignore[attr-defined]
+        payload: bytes = req.payload
         hook = _hook(payload)
         if hook is not None:
             bad = (hook[0].name, f"test hook {payload[:16]!r}")
@@ -192,7 +192,10 @@ class EchoHttpServer:
         await send({"type": "http.response.body", "body": body})
 
     async def start(self) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+        # and accepted sockets inherit it. With proto 0, every small reply stalls ~40 ms (Nagle
+        # holding the body behind the headers until the client's delayed ACK).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, self.port))
         self.port = sock.getsockname()[1]
