@@ -8,10 +8,15 @@ Normally started by ``./start.sh``. Ctrl-C (or SIGTERM) stops every service grac
 
 from __future__ import annotations
 
+import os
+
+# Spawning services uses fork (preexec_fn sets PR_SET_PDEATHSIG) while gRPC threads run; gRPC's
+# fork handlers are not needed and only print warnings. Must be set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
 import logging
-import os
 import socket
 import sys
 
@@ -28,7 +33,9 @@ log = logging.getLogger("ultravox.main")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--profile", default=None, help="profile from config/profiles.yaml (env PROFILE; default local-pc)")
     p.add_argument("--host", default=None, help="interface to bind (env HOST; default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (env PORT; default 8080)")

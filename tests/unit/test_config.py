@@ -46,7 +46,8 @@ def test_profile_overrides_merge_options_and_device() -> None:
 
 
 def test_env_overrides_profile_port_and_service_fields() -> None:
-    s = load_settings(env={"PROFILE": "gpu-machine", "PORT": "9090", "UV_STT_GRPC_PORT": "0", "UV_STT_ENABLED": "false"})
+    env = {"PROFILE": "gpu-machine", "PORT": "9090", "UV_STT_GRPC_PORT": "0", "UV_STT_ENABLED": "false"}
+    s = load_settings(env=env)
     assert s.profile.name == "gpu-machine"
     assert s.gateway.port == 9090
     assert s.services["stt"].grpc_port == 0

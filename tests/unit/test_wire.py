@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from core.context import GlobalContext, ProcessContext, ServiceContext
 from core.config import load_settings
+from core.context import GlobalContext, ProcessContext, ServiceContext
 from core.errors import InvalidArgument, NotFound
 from core.wire import from_json, from_msgpack, message_to_dict, operation, operations, to_json, to_message, to_msgpack
 from uvpb import stt_pb2

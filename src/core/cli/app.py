@@ -63,7 +63,10 @@ def list_(ctx: typer.Context) -> None:
     if st.as_json:
         _print_json(rows)
         return
-    typer.echo(f"{'NAME':<10}{'STATE':<10}{'PID':>8}  {'GRPC':>6} {'HTTP':>6}  {'RESTARTS':>8}  {'UPTIME':>8}  {'RSS':>8}  LAST ERROR")
+    typer.echo(
+        f"{'NAME':<10}{'STATE':<10}{'PID':>8}  {'GRPC':>6} {'HTTP':>6}  {'RESTARTS':>8}  {'UPTIME':>8}  "
+        f"{'RSS':>8}  LAST ERROR"
+    )
     for r in rows:
         typer.echo(
             f"{r['name']:<10}{r['state']:<10}{r.get('pid') or '-':>8}  {r.get('grpc_port') or '-':>6} "

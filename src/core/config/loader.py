@@ -26,7 +26,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError as e:
-        raise ConfigError(str(path), "<file>", "file not found; restore it from git or point UV_CONFIG_DIR at a config folder") from e
+        raise ConfigError(
+            str(path), "<file>", "file not found; restore it from git or point UV_CONFIG_DIR at a config folder"
+        ) from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -90,6 +92,34 @@ def load_settings(
         )
     prof = profiles[active]
 
+    services = _load_services(spath, ppath, sdoc, profiles, prof, env)
+
+    gw = dict(sdoc.get("gateway") or {})
+    if "PORT" in env:
+        gw["port"] = env["PORT"]
+    if "HOST" in env:
+        gw["host"] = env["HOST"]
+    try:
+        gateway = GatewayConfig.model_validate(gw)
+    except ValidationError as e:
+        raise _validation_error(spath, "gateway", e) from e
+    try:
+        hub = HubConfig.model_validate(sdoc.get("hub") or {})
+    except ValidationError as e:
+        raise _validation_error(spath, "hub", e) from e
+    return Settings(
+        profile=prof, profiles=profiles, services=services, gateway=gateway, hub=hub, config_dir=str(cdir)
+    )
+
+
+def _load_services(
+    spath: Path,
+    ppath: Path,
+    sdoc: Mapping[str, Any],
+    profiles: Mapping[str, ProfileConfig],
+    prof: ProfileConfig,
+    env: Mapping[str, str],
+) -> dict[str, ServiceConfig]:
     defaults = sdoc.get("defaults") or {}
     services_raw = sdoc.get("services")
     if not isinstance(services_raw, dict) or not services_raw:
@@ -121,20 +151,4 @@ def load_settings(
             services[sname] = ServiceConfig.model_validate(merged)
         except ValidationError as e:
             raise _validation_error(Path(where), f"services.{sname}", e) from e
-
-    gw = dict(sdoc.get("gateway") or {})
-    if "PORT" in env:
-        gw["port"] = env["PORT"]
-    if "HOST" in env:
-        gw["host"] = env["HOST"]
-    try:
-        gateway = GatewayConfig.model_validate(gw)
-    except ValidationError as e:
-        raise _validation_error(spath, "gateway", e) from e
-    try:
-        hub = HubConfig.model_validate(sdoc.get("hub") or {})
-    except ValidationError as e:
-        raise _validation_error(spath, "hub", e) from e
-    return Settings(
-        profile=prof, profiles=profiles, services=services, gateway=gateway, hub=hub, config_dir=str(cdir)
-    )
+    return services

@@ -27,7 +27,9 @@ class SupervisorCollector(Collector):
         state = GaugeMetricFamily(
             "ultravox_service_state", "1 for the state each service is in now.", labels=["service", "state"]
         )
-        up = GaugeMetricFamily("ultravox_service_up", "1 when the service is RUNNING (model loaded).", labels=["service"])
+        up = GaugeMetricFamily(
+            "ultravox_service_up", "1 when the service is RUNNING (model loaded).", labels=["service"]
+        )
         restarts = CounterMetricFamily(
             "ultravox_service_restarts", "Restarts of each service since main started.", labels=["service"]
         )
@@ -35,8 +37,12 @@ class SupervisorCollector(Collector):
             "ultravox_service_health_check_failures", "Failed liveness probes per service.", labels=["service"]
         )
         rss = GaugeMetricFamily("ultravox_service_resident_memory_bytes", "RSS of each service.", labels=["service"])
-        cpu = GaugeMetricFamily("ultravox_service_cpu_percent", "CPU use of each service, percent of one core.", labels=["service"])
-        uptime = GaugeMetricFamily("ultravox_service_uptime_seconds", "Seconds since the service was spawned.", labels=["service"])
+        cpu = GaugeMetricFamily(
+            "ultravox_service_cpu_percent", "CPU use of each service, percent of one core.", labels=["service"]
+        )
+        uptime = GaugeMetricFamily(
+            "ultravox_service_uptime_seconds", "Seconds since the service was spawned.", labels=["service"]
+        )
         for st in self._sup.statuses():
             for s in State:
                 state.add_metric([st.name, s.value], 1.0 if st.state == s else 0.0)
