@@ -16,6 +16,10 @@ import numpy as np
 from services.stt.options import SttOptions
 
 
+class ModelLoadError(Exception):
+    """The engine could not load the model; the message says why and what to configure instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeOptions:
     language: str | None
@@ -44,7 +48,7 @@ class Transcript:
 
 class SttEngine(Protocol):
     def load(self, model_ref: str) -> None:
-        """Load the model from a folder or hub id; raise with a clear reason on failure."""
+        """Load the model from a folder or hub id; raise ModelLoadError with the reason on failure."""
         ...
 
     def languages(self) -> frozenset[str]:

@@ -23,7 +23,7 @@ from core.errors import ConfigError, InvalidArgument, ResourceExhausted
 from core.wire import operation
 from services.runtime import CallInfo, Handler, HttpKit, ModelDescription
 from services.stt.audio import DecodedAudio, Encoding, decode_audio
-from services.stt.engine import DecodeOptions, EngineFactory, SttEngine, Transcript
+from services.stt.engine import DecodeOptions, EngineFactory, ModelLoadError, SttEngine, Transcript
 from services.stt.model_store import resolve_model
 from services.stt.openai_routes import openai_routes
 from services.stt.options import SttOptions
@@ -94,7 +94,11 @@ class SttService:
 
     def load(self) -> None:
         resolved = resolve_model(self.cfg.model, self.ctx.paths.models, self.cfg.name)
-        self.engine.load(resolved.ref)
+        try:
+            self.engine.load(resolved.ref)
+        except ModelLoadError as e:
+            where = "config/services.yaml (or the profile in config/profiles.yaml)"
+            raise ConfigError(where, f"services.{self.cfg.name}.model", str(e)) from e
         self.model_path = resolved.ref
 
     def describe(self) -> ModelDescription:

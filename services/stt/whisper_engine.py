@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError, InvalidArgument
-from services.stt.engine import DecodeOptions, SegmentResult, Transcript
+from core.errors import InvalidArgument
+from services.stt.engine import DecodeOptions, ModelLoadError, SegmentResult, Transcript
 from services.stt.options import SttOptions
 
 
@@ -34,11 +34,10 @@ class FasterWhisperEngine:
                 download_root=self.download_root,
             )
         except Exception as e:
-            raise ConfigError(
-                "config/services.yaml", "model",
+            raise ModelLoadError(
                 f"faster-whisper could not load {model_ref!r} on {self.device} with compute_type "
                 f"{self.options.compute_type!r} ({type(e).__name__}: {e}); a hub id needs internet "
-                "access once to download, so offline use a local CTranslate2 folder or embedded:whisper-base",
+                "access once to download, so offline use a local CTranslate2 folder or embedded:whisper-base"
             ) from e
         self._languages = frozenset(model.supported_languages)
         self._model = model

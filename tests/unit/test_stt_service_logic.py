@@ -14,47 +14,11 @@ from core.config import load_settings
 from core.context import GlobalContext, Paths, ProcessContext, ServiceContext
 from core.errors import ConfigError, InvalidArgument, ResourceExhausted
 from services.runtime import CallInfo
-from services.stt.engine import DecodeOptions, SegmentResult, Transcript
+from services.stt.engine import DecodeOptions, ModelLoadError
 from services.stt.service import SttService
+from tests.helpers.fake_stt import make_service
 
 CALL = CallInfo(method="Transcribe", protocol="grpc", request_id="r1")
-
-
-class FakeEngine:
-    def __init__(self) -> None:
-        self.seen: list[DecodeOptions] = []
-        self.gate: threading.Event | None = None
-        self.started = threading.Event()
-
-    def load(self, model_ref: str) -> None:
-        return None
-
-    def languages(self) -> frozenset[str]:
-        return frozenset({"en", "pt"})
-
-    def transcribe(self, samples: np.ndarray, options: DecodeOptions) -> Transcript:
-        self.started.set()
-        if self.gate is not None:
-            self.gate.wait(30)
-        self.seen.append(options)
-        seg = SegmentResult(0.0, len(samples) / 16000, "hello there", -0.1, 0.01)
-        return Transcript("hello there", (seg,), options.language or "en", 0.99)
-
-    def close(self) -> None:
-        return None
-
-
-def make_service(tmp_path: Path, **options: Any) -> tuple[SttService, FakeEngine]:
-    settings = load_settings(env={})
-    cfg = settings.services["stt"]
-    cfg = cfg.model_copy(update={"options": {**cfg.options, **options}})
-    g = GlobalContext.create(settings, Paths(root=tmp_path, var=tmp_path, cache=tmp_path, venvs=tmp_path))
-    svc = SttService(
-        ServiceContext(process=ProcessContext(global_=g, name="stt"), config=cfg, grpc_port=0, http_port=0)
-    )
-    engine = FakeEngine()
-    svc.engine = engine
-    return svc, engine
 
 
 def pcm_request(svc: SttService, seconds: float = 1.0, **fields: Any) -> Any:
@@ -97,9 +61,7 @@ async def test_request_fields_override_the_defaults(tmp_path: Path) -> None:
         ({"initial_prompt": "x" * 5000}, "initial_prompt is 5000"),
     ],
 )
-async def test_bad_request_fields_are_invalid_argument(
-    tmp_path: Path, fields: dict[str, Any], reason: str
-) -> None:
+async def test_bad_request_fields_are_invalid_argument(tmp_path: Path, fields: dict[str, Any], reason: str) -> None:
     svc, _ = make_service(tmp_path)
     try:
         with pytest.raises(InvalidArgument, match=reason):
@@ -136,9 +98,7 @@ async def test_full_line_is_refused_at_once(tmp_path: Path) -> None:
     ("options", "key"),
     [({"bogus": 1}, "services.stt.options.bogus"), ({"beam_size": 0}, "services.stt.options.beam_size")],
 )
-def test_bad_options_are_config_errors_naming_the_key(
-    tmp_path: Path, options: dict[str, Any], key: str
-) -> None:
+def test_bad_options_are_config_errors_naming_the_key(tmp_path: Path, options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         make_service(tmp_path, **options)
     assert e.value.key == key
@@ -150,3 +110,19 @@ def test_unknown_engine_is_a_config_error(tmp_path: Path) -> None:
     ctx = ServiceContext(ProcessContext(global_=g, name="stt"), settings.services["stt"], 0, 0)
     with pytest.raises(ConfigError, match=r"unknown STT engine 'whisper\.cpp'; available: faster-whisper"):
         SttService(ctx)
+
+
+def test_engine_load_failure_is_a_config_error_on_the_model_key(tmp_path: Path) -> None:
+    svc, engine = make_service(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.bin").write_bytes(b"x")
+    svc.cfg = svc.cfg.model_copy(update={"model": str(tmp_path / "m")})
+
+    def fail(ref: str) -> None:
+        raise ModelLoadError(f"cannot read {ref}")
+
+    engine.load = fail  # type: ignore[method-assign]
+    with pytest.raises(ConfigError) as e:
+        svc.load()
+    assert e.value.key == "services.stt.model" and "cannot read" in e.value.reason
+    svc.close()
