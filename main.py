@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=15, ws_max_size=4 * 1024 * 1024,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl-C after its graceful shutdown (lifespan included) has finished
+        log.info("main stopped by Ctrl-C")
     return 0 if server.started else 1
 
 

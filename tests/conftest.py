@@ -5,3 +5,15 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from collections.abc import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers.speech import speech_bytes  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def speech_wav() -> Callable[[str], bytes]:
+    """``speech_wav(text)`` -> WAV bytes of Piper speaking ``text`` (cached on disk)."""
+    return speech_bytes

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.stack import ROOT, MainProcess, dump_logs, free_port, pid_alive, test_env
+from tests.helpers.stack import ROOT, MainProcess, dump_logs, free_port, pid_alive, stack_env
 from tests.helpers.text import word_error_rate
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def _sm(url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory) -> Any:
     var = tmp_path_factory.mktemp("e2e")
-    m = MainProcess(var, test_env(var), cmd=[str(ROOT / "start.sh")])
+    m = MainProcess(var, stack_env(var), cmd=[str(ROOT / "start.sh")])
     m.start()
     ok = False
     try:
@@ -91,7 +91,7 @@ def test_sm_errors_are_plain(started: MainProcess) -> None:
 
 def test_second_start_is_fast_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     """A re-run changes nothing (bootstrap is a no-op) and SIGINT stops main and its services."""
-    env = test_env(tmp_path)
+    env = stack_env(tmp_path)
     r = subprocess.run([str(ROOT / "scripts" / "bootstrap.sh"), "main"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "installing" not in r.stderr, r.stderr
     m = MainProcess(tmp_path, env, cmd=[str(ROOT / "start.sh")]).start()

@@ -38,7 +38,7 @@ def make_config_dir(dest: Path, edit: Callable[[dict[str, Any]], None] | None = 
     return dest
 
 
-def test_env(var_dir: Path, config_dir: Path | None = None, **extra: str) -> dict[str, str]:
+def stack_env(var_dir: Path, config_dir: Path | None = None, **extra: str) -> dict[str, str]:
     """Env for a main under test: its own var dir, free service ports, the shared venvs."""
     env = dict(os.environ)
     env.update(

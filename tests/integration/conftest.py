@@ -1,60 +1,38 @@
 """Integration fixtures: the STT service's own venv, Piper speech, and service logs on failure.
 
-``stt_python`` is ``$UV_STT_PYTHON`` when set, else ``.venvs/test-stt`` built once per session
-with uv (``uv venv`` + ``uv pip install -e '.[stt]'``; a re-run is a quick no-op).
+``stt_python`` is ``$UV_STT_PYTHON`` when set, else the STT venv the supervisor builds for the
+default profile (built here if ``main.py --prepare-only`` has not run yet).
 A test that registers a service log with ``service_logs`` gets its tail in the failure report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.speech import speech_bytes
+from core.config import load_settings
+from core.context import Paths
+from core.managers.supervisor import VenvBuilder
+
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_LOGS = pytest.StashKey[list[Callable[[], str]]]()
 LOG_TAIL_LINES = 120
 
 
-def _uv() -> str:
-    beside = Path(sys.executable).parent / "uv"
-    found = str(beside) if beside.exists() else shutil.which("uv")
-    if not found:
-        raise RuntimeError("uv not found beside this python or on PATH; run scripts/bootstrap.sh main,dev")
-    return found
-
-
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-
-
 @pytest.fixture(scope="session")
 def stt_python() -> str:
-    """Interpreter of a venv with the project's ``stt`` extra."""
+    """Interpreter of the STT service's own venv: the one main builds (``main.py --prepare-only``)."""
     given = os.environ.get("UV_STT_PYTHON")
     if given:
         return given
-    venv = ROOT / ".venvs" / "test-stt"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        _run([_uv(), "venv", "--python", sys.executable, str(venv)])
-    _run([_uv(), "pip", "install", "--python", str(python), "-e", f"{ROOT}[stt]"])
-    return str(python)
-
-
-@pytest.fixture(scope="session")
-def speech_wav() -> Callable[[str], bytes]:
-    """``speech_wav(text)`` -> WAV bytes of Piper speaking ``text`` (cached on disk)."""
-    return speech_bytes
+    settings = load_settings(env={})
+    venv = asyncio.run(VenvBuilder(Paths.from_env()).ensure(settings.services["stt"]))
+    return str(venv / "bin" / "python")
 
 
 @pytest.fixture

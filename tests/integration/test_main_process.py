@@ -11,17 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.stack import MainProcess, dump_logs, pid_alive, running_main, test_env
+from tests.helpers.stack import MainProcess, dump_logs, pid_alive, running_main, stack_env
 from tests.helpers.text import word_error_rate
 
 pytestmark = pytest.mark.integration
-SENTENCE = "Please book a table for two people at seven tonight."
+SENTENCE = "Please book a table by the window for tonight."
 
 
 @pytest.fixture(scope="module")
 def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Any:
     var = tmp_path_factory.mktemp("main")
-    with running_main(var, test_env(var), "main_process") as m:
+    with running_main(var, stack_env(var), "main_process") as m:
         yield m
 
 
@@ -86,7 +86,7 @@ def test_metrics_and_logs(main_proc: MainProcess) -> None:
 
 
 def test_sigkill_of_main_leaves_no_service_behind(tmp_path: Path) -> None:
-    m = MainProcess(tmp_path, test_env(tmp_path)).start()
+    m = MainProcess(tmp_path, stack_env(tmp_path)).start()
     try:
         m.wait_healthy(600)
         pids = [s["pid"] for s in httpx.get(f"{m.url}/services").json()]
@@ -105,7 +105,7 @@ def test_sigkill_of_main_leaves_no_service_behind(tmp_path: Path) -> None:
 
 
 def test_graceful_stop_of_main_stops_services(tmp_path: Path) -> None:
-    m = MainProcess(tmp_path, test_env(tmp_path)).start()
+    m = MainProcess(tmp_path, stack_env(tmp_path)).start()
     try:
         m.wait_healthy(600)
         pids = [s["pid"] for s in httpx.get(f"{m.url}/services").json()]
@@ -130,7 +130,7 @@ def test_main_refuses_a_port_in_use(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         r = subprocess.run(
             [sys.executable, "main.py", "--port", str(port)], cwd=Path(__file__).parents[2],
-            env=test_env(tmp_path), capture_output=True, text=True, timeout=60,
+            env=stack_env(tmp_path), capture_output=True, text=True, timeout=60,
         )
     assert r.returncode == 2
     assert f"127.0.0.1:{port}" in r.stderr and "another process holds the port" in r.stderr

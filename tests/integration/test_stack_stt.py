@@ -26,12 +26,12 @@ from core.errors import InvalidArgument, PortInUse
 from core.managers.endpoint import Endpoint
 from core.managers.hub import CommunicationManager
 from core.managers.supervisor import ServiceSupervisor, State
-from tests.helpers.stack import dump_logs, free_port, make_config_dir, test_env
+from tests.helpers.stack import dump_logs, free_port, make_config_dir, stack_env
 from tests.helpers.text import normalize, word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-SENTENCE = "The quick brown fox jumps over the lazy dog."
+SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
 
 
 def _fast_policies(doc: dict[str, Any]) -> None:
@@ -43,7 +43,7 @@ def _fast_policies(doc: dict[str, Any]) -> None:
 
 def _context(tmp: Path, edit: Any = _fast_policies, **env_extra: str) -> GlobalContext:
     cfg = make_config_dir(tmp / "config", edit)
-    env = test_env(tmp / "var", cfg, **env_extra)
+    env = stack_env(tmp / "var", cfg, **env_extra)
     return GlobalContext.create(load_settings(cfg, env), Paths.from_env(env))
 
 
@@ -212,12 +212,12 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_service_that_crashes_at_start_ends_fatal(tmp_path: Path) -> None:
-    def broken_model(doc: dict[str, Any]) -> None:
+    def flap_fast(doc: dict[str, Any]) -> None:
         _fast_policies(doc)
-        doc["services"]["stt"]["model"] = str(tmp_path / "no-such-model-folder")
         doc["services"]["stt"]["restart"].update(flapping_max_restarts=2, backoff_base_s=0.1)
 
-    g = _context(tmp_path, broken_model)
+    # the env override beats both services.yaml and the profile
+    g = _context(tmp_path, flap_fast, UV_STT_MODEL=str(tmp_path / "no-such-model-folder"))
     sup = ServiceSupervisor(ProcessContext(g, "main"))
     try:
         await sup.prepare()
