@@ -19,8 +19,8 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 def generate(root: Path) -> Path:
     """Generate ``src/uvpb`` atomically (several venvs may build at once)."""
-    import grpc_tools
-    from grpc_tools import protoc
+    import grpc_tools  # noqa: PLC0415  (a build requirement, only present in the build env)
+    from grpc_tools import protoc  # noqa: PLC0415
 
     proto_root = root / "protos"
     sources = sorted(str(p.relative_to(proto_root)) for p in (proto_root / "uvpb").glob("*.proto"))

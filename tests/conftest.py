@@ -6,11 +6,11 @@ import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.helpers.speech import speech_bytes  # noqa: E402
+from tests.helpers.speech import speech_bytes
 
 
 @pytest.fixture(scope="session")

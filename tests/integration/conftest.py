@@ -18,7 +18,6 @@ from core.config import load_settings
 from core.context import Paths
 from core.managers.supervisor import VenvBuilder
 
-
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_LOGS = pytest.StashKey[list[Callable[[], str]]]()
 LOG_TAIL_LINES = 120

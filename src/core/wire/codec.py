@@ -8,7 +8,7 @@ resort. Field names are the proto names (``sample_rate``, not ``sampleRate``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgpack
 from google.protobuf import json_format
@@ -41,7 +41,7 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     is_rep = getattr(field, "is_repeated", None)
     if is_rep is not None:
         return bool(is_rep)
-    return field.label == FieldDescriptor.LABEL_REPEATED  # older protobuf
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)  # older protobuf
 
 
 def _scalar_to_py(field: FieldDescriptor, value: Any) -> Any:
@@ -56,7 +56,7 @@ def _scalar_to_py(field: FieldDescriptor, value: Any) -> Any:
 def to_message(cls: type[M], payload: M | Mapping[str, Any] | None) -> M:
     """Build ``cls`` from a message of that type or a dict of its fields (unknown keys rejected)."""
     if payload is None:
-        return cls()
+        return cast(M, cls())
     if isinstance(payload, cls):
         return payload
     if isinstance(payload, Message):
@@ -68,7 +68,7 @@ def to_message(cls: type[M], payload: M | Mapping[str, Any] | None) -> M:
             f"expected a {cls.DESCRIPTOR.full_name} as a map of fields, got {type(payload).__name__}"
         )
     try:
-        return cls(**dict(payload))
+        return cast(M, cls(**dict(payload)))
     except (ValueError, TypeError, AttributeError) as e:
         fields = ", ".join(f.name for f in cls.DESCRIPTOR.fields)
         raise InvalidArgument(
@@ -77,23 +77,24 @@ def to_message(cls: type[M], payload: M | Mapping[str, Any] | None) -> M:
 
 
 def to_msgpack(msg: Message) -> bytes:
-    return msgpack.packb(message_to_dict(msg), use_bin_type=True)
+    return cast(bytes, msgpack.packb(message_to_dict(msg), use_bin_type=True))
 
 
 def from_msgpack(cls: type[M], data: bytes) -> M:
     try:
-        payload = msgpack.unpackb(data, raw=False) if data else {}
+        payload: Any = msgpack.unpackb(data, raw=False) if data else {}
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
         raise InvalidArgument(f"request body is not valid msgpack: {e}") from e
-    return to_message(cls, payload)
+    msg: M = to_message(cls, payload)
+    return msg
 
 
 def to_json(msg: Message) -> bytes:
-    return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None).encode()
+    return cast(str, json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)).encode()
 
 
 def from_json(cls: type[M], data: bytes) -> M:
-    msg = cls()
+    msg: M = cls()
     try:
         json_format.Parse(data or b"{}", msg)
     except json_format.ParseError as e:
@@ -104,6 +105,6 @@ def from_json(cls: type[M], data: bytes) -> M:
 def from_bytes(cls: type[M], data: bytes) -> M:
     """Parse a serialized protobuf (the gRPC wire format)."""
     try:
-        return cls.FromString(data)
+        return cast(M, cls.FromString(data))
     except DecodeError as e:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.full_name}: {e}") from e
