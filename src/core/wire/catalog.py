@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from core.errors import NotFound
-from uvpb import common_pb2, stt_pb2
+from uvpb import common_pb2, llm_pb2, stt_pb2, tts_pb2
 
 
 class Kind(enum.Enum):
@@ -43,12 +43,40 @@ _CONTROL = "ultravox.v1.Control"
 CONTROL_OPS: dict[str, Operation] = {
     "Echo": Operation("Echo", _CONTROL, common_pb2.EchoRequest, common_pb2.EchoResponse),
     "Info": Operation("Info", _CONTROL, common_pb2.InfoRequest, common_pb2.InfoResponse),
+    "EchoRepeat": Operation(
+        "EchoRepeat", _CONTROL, common_pb2.EchoRepeatRequest, common_pb2.EchoResponse, Kind.SERVER_STREAM
+    ),
+    "EchoStream": Operation(
+        "EchoStream", _CONTROL, common_pb2.EchoRequest, common_pb2.EchoResponse, Kind.BIDI_STREAM
+    ),
 }
 
 _STT = "ultravox.v1.SpeechToText"
+_TTS = "ultravox.v1.TextToSpeech"
+_LLM = "ultravox.v1.LanguageModel"
 _ROLE_OPS: dict[str, dict[str, Operation]] = {
     "stt": {
         "Transcribe": Operation("Transcribe", _STT, stt_pb2.TranscribeRequest, stt_pb2.TranscribeResponse),
+        "StreamingRecognize": Operation(
+            "StreamingRecognize", _STT, stt_pb2.StreamingRecognizeRequest, stt_pb2.StreamingRecognizeResponse,
+            Kind.BIDI_STREAM,
+        ),
+        "DetectSpeech": Operation(
+            "DetectSpeech", _STT, stt_pb2.DetectSpeechRequest, stt_pb2.DetectSpeechResponse
+        ),
+    },
+    "tts": {
+        "Synthesize": Operation("Synthesize", _TTS, tts_pb2.SynthesizeRequest, tts_pb2.SynthesizeResponse),
+        "SynthesizeStream": Operation(
+            "SynthesizeStream", _TTS, tts_pb2.SynthesizeRequest, tts_pb2.SynthesisChunk, Kind.SERVER_STREAM
+        ),
+        "ListVoices": Operation("ListVoices", _TTS, tts_pb2.ListVoicesRequest, tts_pb2.ListVoicesResponse),
+    },
+    "llm": {
+        "Generate": Operation(
+            "Generate", _LLM, llm_pb2.GenerateRequest, llm_pb2.GenerateChunk, Kind.SERVER_STREAM
+        ),
+        "ListModels": Operation("ListModels", _LLM, llm_pb2.ListModelsRequest, llm_pb2.ListModelsResponse),
     },
 }
 

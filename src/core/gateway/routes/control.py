@@ -35,7 +35,8 @@ def install_metrics(rt: MainRuntime) -> None:
 async def health(request: Request) -> JSONResponse:
     """200 once every enabled service is RUNNING; 503 (with who is not) before that."""
     rt = runtime_of(request)
-    statuses = rt.supervisor.statuses()
+    enabled = {c.name for c in rt.ctx.settings.enabled_services() if c.remote is None}
+    statuses = [s for s in rt.supervisor.statuses() if s.name in enabled]
     services = {s.name: s.state.value for s in statuses}
     not_ready = [s.name for s in statuses if s.state != State.RUNNING]
     ok = rt.booted and not not_ready and not rt.boot_error
