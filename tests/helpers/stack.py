@@ -44,8 +44,7 @@ def stack_env(var_dir: Path, config_dir: Path | None = None, **extra: str) -> di
     env.update(
         UV_VAR_DIR=str(var_dir),
         UV_VENVS_DIR=str(ROOT / ".venvs"),
-        UV_STT_GRPC_PORT="0",
-        UV_STT_HTTP_PORT="0",
+        **{f"UV_{svc}_{kind}_PORT": "0" for svc in ("STT", "TTS", "LLM") for kind in ("GRPC", "HTTP")},
         UV_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
     )

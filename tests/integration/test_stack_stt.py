@@ -43,7 +43,8 @@ def _fast_policies(doc: dict[str, Any]) -> None:
 
 def _context(tmp: Path, edit: Any = _fast_policies, **env_extra: str) -> GlobalContext:
     cfg = make_config_dir(tmp / "config", edit)
-    env = stack_env(tmp / "var", cfg, **env_extra)
+    only_stt = {"UV_TTS_ENABLED": "false", "UV_LLM_ENABLED": "false"}
+    env = stack_env(tmp / "var", cfg, **{**only_stt, **env_extra})
     return GlobalContext.create(load_settings(cfg, env), Paths.from_env(env))
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from core.context import GlobalContext, ProcessContext
 from core.errors import CallError, ConfigError, PortInUse, SupervisorError, UnknownService
-from core.gateway.routes import control, openai_audio
+from core.gateway.routes import control, openai_audio, openai_chat, openai_speech
 from core.gateway.runtime import MainRuntime
 from core.managers.hub import CommunicationManager
 from core.managers.supervisor import ServiceSupervisor
@@ -110,4 +110,6 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
 
     app.include_router(control.router)
     app.include_router(openai_audio.router)
+    app.include_router(openai_speech.router)
+    app.include_router(openai_chat.router)
     return app
