@@ -7,15 +7,26 @@ so liveness answers during a slow load) and describes what it loaded for the Inf
 runtime serves Control (Echo, Info), health, auth, metrics and errors for every service.
 
     async def transcribe(req: TranscribeRequest, call: CallInfo) -> TranscribeResponse: ...
+    async def synthesize_stream(req: SynthesizeRequest, call: CallInfo) -> AsyncIterator[SynthesisChunk]:
+        yield ...                                    # SERVER_STREAM: an async generator
+    async def recognize(reqs: AsyncIterator[StreamingRecognizeRequest], call: CallInfo
+                        ) -> AsyncIterator[StreamingRecognizeResponse]:
+        async for req in reqs: yield ...             # BIDI_STREAM: requests in, responses out
 
-Handlers raise ``core.errors`` classes (``InvalidArgument``...) for requests they refuse; any
-other exception becomes INTERNAL / 500 and is logged with its traceback.
+The runtime checks at startup that each handler has the shape its operation's Kind asks for
+(``core.wire.catalog``). Handlers raise ``core.errors`` classes (``InvalidArgument``...) for
+requests they refuse; any other exception becomes INTERNAL / 500 and is logged with its
+traceback. In a stream, an error raised before the first yield is the call's status; after it,
+the error ends the stream (gRPC status, or a final HTTP error frame). When the client cancels or
+disconnects, the handler's generator gets ``asyncio.CancelledError`` at its current await (or
+``GeneratorExit`` at its current yield): stop the engine's work in ``finally:`` and never
+swallow either.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -46,8 +57,17 @@ class CallInfo:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
 
-Handler = Callable[[Any, CallInfo], Awaitable[Message]]
-"""``async def op(request: <Operation.request>, call: CallInfo) -> <Operation.response>``."""
+UnaryHandler = Callable[[Any, CallInfo], Awaitable[Message]]
+"""UNARY: ``async def op(request: <Operation.request>, call: CallInfo) -> <Operation.response>``."""
+
+ServerStreamHandler = Callable[[Any, CallInfo], AsyncIterator[Message]]
+"""SERVER_STREAM: an async generator ``async def op(request, call) -> AsyncIterator[<response>]``."""
+
+BidiHandler = Callable[[AsyncIterator[Any], CallInfo], AsyncIterator[Message]]
+"""BIDI_STREAM: an async generator ``async def op(requests, call) -> AsyncIterator[<response>]``."""
+
+Handler = UnaryHandler | ServerStreamHandler | BidiHandler
+"""Any handler; which one an operation needs is its ``core.wire.Kind``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +89,9 @@ class ModelService(Protocol):
         ...
 
     def handlers(self) -> Mapping[str, Handler]:
-        """One handler per non-Control operation of the role, keyed by operation name."""
+        """One handler per non-Control operation of the role, keyed by operation name.
+
+        Unary operations take ``async def`` functions; streaming ones async generators."""
         ...
 
     def load(self) -> None:

@@ -1,16 +1,22 @@
 """The gRPC side: generic handlers built from the catalog, plus standard grpc.health.v1.
 
-No hand-written servicers: every operation of the role becomes a unary-unary method handler
-whose (de)serializers are the Operation's message classes, and whose behaviour is the
-dispatcher. Errors abort the call with the matching status code and the error's message.
+No hand-written servicers: every operation of the role becomes a method handler of its Kind
+(unary-unary, unary-stream or stream-stream) whose (de)serializers are the Operation's message
+classes, and whose behaviour is the dispatcher. Errors abort the call with the matching status
+code and the error's message, mid-stream too. Streams are written with ``context.write`` from
+a coroutine rather than yielded from a generator, so when the client cancels, the cancellation
+lands in our code and the handler's generator is closed at once (``aclosing``), never left for
+the garbage collector to finalize.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import time
 import uuid
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -18,7 +24,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from core.errors import CallError, PortInUse, SupervisorError, grpc_status
-from core.wire import Operation
+from core.wire import Kind, Operation
 from services.runtime.api import CallInfo
 from services.runtime.dispatch import Dispatcher
 
@@ -31,26 +37,64 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return out
 
 
+def _call_info(op: Operation, context: grpc.aio.ServicerContext) -> tuple[CallInfo, str | None]:
+    md = _metadata(context)
+    rid = md.get("x-request-id") or uuid.uuid4().hex[:16]
+    left = context.time_remaining()
+    call = CallInfo(
+        method=op.name, protocol="grpc", request_id=rid, peer=context.peer() or "",
+        deadline=None if left is None else time.monotonic() + left,
+    )
+    return call, md.get("x-internal-token")
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: CallError, call: CallInfo) -> None:
+    await context.abort(grpc_status(err), err.message, trailing_metadata=(("x-request-id", call.request_id),))
+    raise AssertionError("context.abort returned") from err  # abort always raises
+
+
 def _unary_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHandler:
     async def behaviour(request: Message, context: grpc.aio.ServicerContext) -> Message:
-        md = _metadata(context)
-        rid = md.get("x-request-id") or uuid.uuid4().hex[:16]
-        left = context.time_remaining()
-        call = CallInfo(
-            method=op.name, protocol="grpc", request_id=rid, peer=context.peer() or "",
-            deadline=None if left is None else time.monotonic() + left,
-        )
+        call, token = _call_info(op, context)
         try:
-            return await dispatcher.invoke(op.name, request, call, md.get("x-internal-token"))
+            return await dispatcher.invoke(op.name, request, call, token)
         except CallError as err:
-            await context.abort(grpc_status(err), err.message, trailing_metadata=(("x-request-id", rid),))
-            raise AssertionError("context.abort returned") from err  # abort always raises
+            await _abort(context, err, call)
+            raise
 
     return grpc.unary_unary_rpc_method_handler(
         behaviour,
         request_deserializer=op.request.FromString,
         response_serializer=op.response.SerializeToString,
     )
+
+
+def _stream_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHandler:
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> None:
+        call, token = _call_info(op, context)
+        try:
+            async with contextlib.aclosing(dispatcher.stream(op.name, request, call, token)) as responses:
+                async for msg in responses:
+                    await context.write(msg)
+        except CallError as err:
+            await _abort(context, err, call)
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler if op.kind is Kind.SERVER_STREAM
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(
+        behaviour,
+        request_deserializer=op.request.FromString,
+        response_serializer=op.response.SerializeToString,
+    )
+
+
+def method_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHandler:
+    """The gRPC method handler for ``op``, of the shape its Kind asks for."""
+    if op.kind is Kind.UNARY:
+        return _unary_handler(dispatcher, op)
+    return _stream_handler(dispatcher, op)
 
 
 def build_grpc_server(
@@ -65,7 +109,7 @@ def build_grpc_server(
     )
     by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for op in dispatcher.operations.values():
-        by_service.setdefault(op.grpc_service, {})[op.name] = _unary_handler(dispatcher, op)
+        by_service.setdefault(op.grpc_service, {})[op.name] = method_handler(dispatcher, op)
     server.add_generic_rpc_handlers(
         tuple(grpc.method_handlers_generic_handler(name, handlers) for name, handlers in by_service.items())
     )

@@ -2,17 +2,18 @@
 
 Bodies are msgpack (``application/msgpack`` or ``application/x-msgpack``; bytes stay raw) or
 proto3 JSON (``application/json``; bytes are base64), and the reply uses the request's type.
-Errors are ``{"error": {"code", "message"}}`` with the error's HTTP status. Probes and
-/metrics need no token; everything else does (``X-Internal-Token`` or ``Authorization: Bearer``).
+Streaming operations reply with frames (msgpack maps back to back, or NDJSON for a JSON
+request; see ``http_stream.py`` and ``core.wire.frames``). Errors are
+``{"error": {"code", "message"}}`` with the error's HTTP status. Probes and /metrics need no
+token; everything else does (``X-Internal-Token`` or ``Authorization: Bearer``).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import Literal
 
-import msgpack
 from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -21,30 +22,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core.errors import CallError, InvalidArgument, NotFound, Unauthenticated
-from core.wire import Operation, from_json, from_msgpack, to_json, to_msgpack
+from core.errors import CallError, NotFound, Unauthenticated
+from core.wire import Kind, Operation, from_json, from_msgpack, to_json, to_msgpack
+from core.wire.frames import NDJSON_TYPE
 from services.runtime.api import CallInfo, Transport
 from services.runtime.dispatch import TOKEN_HINT, Dispatcher
+from services.runtime.http_stream import FrameStreamResponse
 from services.runtime.limits import BodyLimit
+from services.runtime.media import (
+    JSON_TYPE,
+    MSGPACK_TYPES,
+    STREAM_JSON_TYPES,
+    UnsupportedMediaType,
+    error_body,
+    media_type,
+)
 from services.runtime.state import ServiceState
 
-MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
-JSON_TYPE = "application/json"
-
-
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def error_body(err: CallError, media: str) -> tuple[bytes, str]:
-    payload = {"error": {"code": err.code, "message": err.message}}
-    if media in MSGPACK_TYPES:
-        return msgpack.packb(payload, use_bin_type=True), media
-    return json.dumps(payload).encode(), JSON_TYPE
-
-
-class UnsupportedMediaType(InvalidArgument):
-    http_status = 415
+__all__ = ["JSON_TYPE", "MSGPACK_TYPES", "HttpKit", "UnsupportedMediaType", "build_http_app", "error_body",
+           "media_type"]
 
 
 class HttpKit:
@@ -78,6 +74,12 @@ class HttpKit:
         """Dispatch; a CallError raised here is already counted and logged."""
         return await self.dispatcher.invoke(call.method, message, call, self.token(request))
 
+    def stream(
+        self, request: Request, call: CallInfo, message: Message | AsyncIterator[Message]
+    ) -> AsyncGenerator[Message, None]:
+        """Open a streaming operation (e.g. for an OpenAI-compatible SSE route); close it when done."""
+        return self.dispatcher.stream(call.method, message, call, self.token(request))
+
     def refused(self, call: CallInfo, err: CallError, media: str = JSON_TYPE) -> Response:
         """Count, log and render an error raised *before* :meth:`invoke` (auth, body, media type)."""
         self.dispatcher.refuse(call, err)
@@ -90,22 +92,33 @@ class HttpKit:
         return Response(body, status_code=err.http_status, media_type=media_out, headers=headers)
 
 
-def _op_endpoint(kit: HttpKit, op: Operation) -> Callable[[Request], object]:
+def _op_endpoint(kit: HttpKit, op: Operation, max_request_bytes: int) -> Callable[[Request], object]:
+    streaming = op.kind is not Kind.UNARY
+    json_types = STREAM_JSON_TYPES if streaming else frozenset({JSON_TYPE})
+
     async def endpoint(request: Request) -> Response:
         media = media_type(request)
-        protocol: Transport = "msgpack" if media in MSGPACK_TYPES else "json"
+        protocol: Literal["msgpack", "json"] = "msgpack" if media in MSGPACK_TYPES else "json"
         call = kit.call_info(request, op.name, protocol)
+        message: Message | None = None
         try:
             kit.authenticate(request)
-            if media not in MSGPACK_TYPES and media != JSON_TYPE:
+            if media not in MSGPACK_TYPES and media not in json_types:
                 raise UnsupportedMediaType(
                     f"Content-Type {media or '(none)'!r} is not supported; send the body as "
-                    "application/msgpack (or application/x-msgpack) or application/json"
+                    f"application/msgpack (or application/x-msgpack) or {' or '.join(sorted(json_types))}"
                 )
-            body = await request.body()
-            message = from_msgpack(op.request, body) if protocol == "msgpack" else from_json(op.request, body)
+            if op.kind is not Kind.BIDI_STREAM:  # a bidi body is a stream of frames, read as it comes
+                body = await request.body()
+                message = from_msgpack(op.request, body) if protocol == "msgpack" else from_json(op.request, body)
         except CallError as err:
             return kit.refused(call, err, media)
+        if streaming:
+            out_media = media if protocol == "msgpack" else NDJSON_TYPE
+            return FrameStreamResponse(
+                kit.dispatcher, op, call, kit.token(request), protocol, out_media, message, max_request_bytes
+            )
+        assert message is not None
         try:
             reply = await kit.invoke(request, call, message)
         except CallError as err:
@@ -149,7 +162,9 @@ def build_http_app(
         )
         return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=status)
 
-    routes: list[BaseRoute] = [Route(op.http_path, _op_endpoint(kit, op), methods=["POST"]) for op in ops]
+    routes: list[BaseRoute] = [
+        Route(op.http_path, _op_endpoint(kit, op, max_request_bytes), methods=["POST"]) for op in ops
+    ]
     routes += [
         *extra_routes,
         Route("/livez", livez, methods=["GET"]),

@@ -1,7 +1,9 @@
 """Prometheus metrics every service exports, registered on the process's own registry.
 
-Labels stay low-cardinality: service, method, protocol and outcome (``ok`` or the lower-case
-status code, e.g. ``invalid_argument``).
+Labels stay low-cardinality: service, method, protocol and outcome (``ok``, ``cancelled`` when
+the client went away, or the lower-case status code, e.g. ``invalid_argument``). A streaming
+call counts once in the call metrics, and each of its messages in
+``uv_service_stream_messages_total``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class RuntimeMetrics:
-    """Calls, latency, in-flight calls, readiness and model load time of one service."""
+    """Calls, latency, in-flight calls, stream messages, readiness and model load time of one service."""
 
     def __init__(self, registry: CollectorRegistry, service: str) -> None:
         self.service = service
@@ -24,7 +26,8 @@ class RuntimeMetrics:
         )
         self.latency = Histogram(
             "uv_service_call_duration_seconds",
-            "Wall time from receiving a decoded request to having its reply, by method and protocol.",
+            "Wall time from receiving a decoded request to having its reply (for a stream: to its end), "
+            "by method and protocol.",
             ["service", "method", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -33,6 +36,19 @@ class RuntimeMetrics:
             "uv_service_calls_in_flight",
             "Operation calls being handled right now, by method.",
             ["service", "method"],
+            registry=registry,
+        )
+        self.stream_messages = Counter(
+            "uv_service_stream_messages_total",
+            "Messages of streaming calls, by method, protocol and direction (in: requests, out: responses).",
+            ["service", "method", "protocol", "direction"],
+            registry=registry,
+        )
+        self.first_message = Histogram(
+            "uv_service_stream_first_message_seconds",
+            "Time from a streaming call's start to its first response message, by method and protocol.",
+            ["service", "method", "protocol"],
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.ready = Gauge(

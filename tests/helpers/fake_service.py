@@ -3,11 +3,18 @@
 ``FakeStt.transcribe`` picks its behaviour from the request's ``language`` field: ``bad`` raises
 InvalidArgument, ``boom`` raises an unexpected exception, ``wrongtype`` returns the wrong
 message type, and anything else echoes the audio size back as text.
+
+``FakeStt.streaming_recognize`` (bidi) answers each audio frame with a PARTIAL event carrying its
+size; a config with language ``bad`` is refused before the first event; an audio frame ``reject``
+raises InvalidArgument mid-stream and ``crash`` an unexpected exception; ``endless`` starts
+yielding events every 5 ms until cancelled. ``produced`` and ``closed`` let a test see how far
+the handler got and that it was shut down.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +32,8 @@ from services.runtime.state import ServiceState
 
 TOKEN = "test-token"
 TRANSCRIBE = operation("stt", "Transcribe")
+RECOGNIZE = operation("stt", "StreamingRecognize")
+DETECT = operation("stt", "DetectSpeech")
 
 
 class FakeStt:
@@ -32,9 +41,42 @@ class FakeStt:
 
     def __init__(self) -> None:
         self.calls: list[CallInfo] = []
+        self.produced = 0
+        self.closed: list[str] = []
 
     def handlers(self) -> Mapping[str, Handler]:
-        return {"Transcribe": self.transcribe}
+        return {
+            "Transcribe": self.transcribe,
+            "StreamingRecognize": self.streaming_recognize,
+            "DetectSpeech": self.detect_speech,
+        }
+
+    async def streaming_recognize(self, requests: AsyncIterator[Any], call: CallInfo) -> AsyncIterator[Any]:
+        self.calls.append(call)
+        try:
+            async for req in requests:
+                if req.HasField("config"):
+                    if req.config.language == "bad":
+                        raise InvalidArgument("language 'bad' is not a language; use an ISO-639-1 code")
+                    continue
+                if req.audio == b"reject":
+                    raise InvalidArgument("audio frame 'reject' refused (test hook)")
+                if req.audio == b"crash":
+                    raise ZeroDivisionError("kaboom")
+                if req.audio == b"endless":
+                    while True:
+                        self.produced += 1
+                        yield RECOGNIZE.response(type="PARTIAL", utterance=self.produced)
+                        await asyncio.sleep(0.005)
+                self.produced += 1
+                yield RECOGNIZE.response(type="PARTIAL", text=f"{len(req.audio)} bytes", utterance=self.produced)
+        except BaseException as e:
+            self.closed.append(type(e).__name__)
+            raise
+        self.closed.append("end")
+
+    async def detect_speech(self, req: Any, call: CallInfo) -> Any:
+        return DETECT.response(audio_duration_s=len(req.audio.data) / 32000)
 
     async def transcribe(self, req: Any, call: CallInfo) -> Any:
         self.calls.append(call)

@@ -117,10 +117,10 @@ def test_service_must_handle_exactly_its_operations() -> None:
     async def h(req: Any, call: Any) -> Any:
         return None
 
-    with pytest.raises(TypeError, match=r"missing \['Transcribe'\]"):
-        bind_handlers("stt", {})
+    with pytest.raises(TypeError, match=r"missing \['ListModels'\]"):
+        bind_handlers("llm", {"Generate": h})
     with pytest.raises(TypeError, match=r"unexpected \['Speak'\]"):
-        bind_handlers("stt", {"Transcribe": h, "Speak": h})
+        bind_handlers("llm", {"ListModels": h, "Speak": h})
 
 
 async def test_taken_ports_name_the_service_and_port() -> None:
