@@ -23,6 +23,10 @@ A forced protocol (``protocol=``) ignores the marks and never falls back; it is 
 
 The breaker counts *calls*, not attempts: a call that ends in a transient failure (after its
 retries) is one failure; a call the service answered, even with a rejection, is a success.
+
+Streams (``stream()``, SERVER_STREAM and BIDI_STREAM operations) go through the same rounds,
+transports, breaker and metrics until their first response message; what happens after that
+is ``streaming.py``'s job (no fallback, no retry, a broken stream is a TransportError).
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -55,10 +59,24 @@ from core.managers.endpoint import Endpoint, EndpointResolver
 from core.managers.hub.breaker import BreakerState, CircuitBreaker
 from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics
 from core.managers.hub.retry import RetryPolicy
-from core.managers.hub.transports import GrpcTransport, HttpClientPool, HttpTransport, Transport, UnaryCall
-from core.wire import Operation, operation, to_message
+from core.managers.hub.streaming import StreamOpener, relay
+from core.managers.hub.transports import (
+    GrpcTransport,
+    HttpClientPool,
+    HttpTransport,
+    Metadata,
+    Transport,
+    UnaryCall,
+)
+from core.wire import Kind, Operation, operation, to_message
 
 DEFAULT_TRANSPORT_DOWN_S = 1.0
+DEFAULT_STREAM_DEADLINE_S = 300.0
+
+
+T = TypeVar("T")
+Attempt = Callable[[str, Endpoint, Metadata, bool], Awaitable[T]]
+"""One try over one transport: (protocol, endpoint, metadata, fail_fast) -> result."""
 
 
 @dataclass(slots=True)
@@ -67,11 +85,10 @@ class _Call:
 
     endpoint: Endpoint
     op: Operation
-    request: Message
     order: tuple[str, ...]
     forced: bool
     deadline: float
-    caller: tuple[tuple[str, str], ...]
+    caller: Metadata
 
 
 def default_transports(config: HubConfig) -> dict[str, Transport]:
@@ -102,9 +119,11 @@ class CommunicationManager:
         config: HubConfig | None = None,
         transports: Mapping[str, Transport] | None = None,
         transport_down_s: float = DEFAULT_TRANSPORT_DOWN_S,
+        stream_deadline_s: float = DEFAULT_STREAM_DEADLINE_S,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
+        """``stream_deadline_s`` is the deadline of a stream opened without ``deadline_s``."""
         self.config = config if config is not None else ctx.settings.hub
         self._ctx = ctx
         self._resolver = resolver
@@ -118,6 +137,7 @@ class CommunicationManager:
                 f"transports given: {sorted(self._transports)}"
             )
         self._transport_down_s = transport_down_s
+        self._stream_deadline_s = stream_deadline_s
         self._clock = clock
         self._retry = RetryPolicy(
             self.config.max_retries, self.config.retry_base_s, self.config.retry_cap_s, rng or random.Random()
@@ -147,29 +167,21 @@ class CommunicationManager:
         open; the service's own rejection or failure as sent; DeadlineExceeded; or
         ServiceUnavailable once every transport and retry failed.
         """
-        if self._closed:
-            raise ServiceUnavailable("the hub is closed", service=service, method=method)
-        endpoint = self._endpoint(service)
-        op = self._operation(endpoint.role, method)
-        order = self._protocols(protocol)
-        request = to_message(op.request, payload)
-        timeout = self.config.default_deadline_s if deadline_s is None else deadline_s
-        if not timeout > 0:
-            raise InvalidArgument(f"deadline_s must be > 0, got {deadline_s}", service=service, method=method)
-        deadline = asyncio.get_running_loop().time() + timeout
-        caller = _caller_metadata(metadata)
-
-        breaker = self._breaker(service)
-        try:
-            breaker.acquire()
-        except CircuitOpen as e:
-            e.method = method
-            self.metrics.attempt(service, method, NO_PROTOCOL, e, 0.0)
-            raise
-        try:
-            response = await self._rounds(
-                _Call(endpoint, op, request, order, protocol is not None, deadline, caller)
+        c = self._prepare(service, method, protocol, deadline_s, metadata, self.config.default_deadline_s)
+        if c.op.kind is not Kind.UNARY:
+            raise InvalidArgument(
+                f"{service}.{method} is a {c.op.kind.value} operation; use stream(), not call()",
+                service=service, method=method,
             )
+        request = to_message(c.op.request, payload)
+        breaker = self._acquire(service, method)
+
+        async def attempt(name: str, ep: Endpoint, md: Metadata, fail_fast: bool) -> Message:
+            call = UnaryCall(ep, c.op, request, c.deadline, md, self.config.connect_timeout_s, fail_fast)
+            return await self._attempt(name, call)
+
+        try:
+            response = await self._rounds(c, attempt)
         except CallError as e:
             if _is_breaker_failure(e):
                 breaker.failure()
@@ -181,6 +193,47 @@ class CommunicationManager:
             raise
         breaker.success()
         return response
+
+    async def stream(
+        self,
+        service: str,
+        method: str,
+        payload: Message | Mapping[str, Any] | AsyncIterable[Any] | Iterable[Any] | None = None,
+        *,
+        protocol: str | None = None,
+        deadline_s: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> AsyncGenerator[Message, None]:
+        """Open a streaming ``service.method`` and yield its response messages as they arrive.
+
+        ``payload`` is the one request (a message or a dict) of a SERVER_STREAM operation, or
+        the requests (an async or plain iterable of messages or dicts) of a BIDI_STREAM one.
+        Transports are tried in order until the first response message arrives; for bidi the
+        requests sent so far are replayed on the next transport. After the first message the
+        stream never moves: if it breaks, ``TransportError`` is raised to the consumer. The
+        deadline (``deadline_s``, else ``stream_deadline_s``) covers the whole stream.
+        Closing the generator (``aclose()``, or breaking out of ``async for``) cancels the
+        remote call. Raises the same errors as :meth:`call`.
+        """
+        c = self._prepare(service, method, protocol, deadline_s, metadata, self._stream_deadline_s)
+        opener = StreamOpener.for_payload(self, c.op, payload, service, method)
+        breaker = self._acquire(service, method)
+        try:
+            opened = await self._rounds(c, opener.attempt(c.deadline))
+        except CallError as e:
+            await opener.close()
+            if _is_breaker_failure(e):
+                breaker.failure()
+            else:
+                breaker.success()
+            raise
+        except BaseException:
+            await opener.close()
+            breaker.release()
+            raise
+        breaker.success()
+        async for msg in relay(self, opener, opened, breaker, c.deadline):
+            yield msg
 
     def breaker_state(self, service: str) -> str:
         """``closed``, ``half_open`` or ``open``; a service never called reads ``closed``."""
@@ -225,7 +278,33 @@ class CommunicationManager:
 
     # ---- one call -----------------------------------------------------------------------------
 
-    async def _rounds(self, c: _Call) -> Message:
+    def _prepare(
+        self, service: str, method: str, protocol: str | None, deadline_s: float | None,
+        metadata: Mapping[str, str] | None, default_deadline_s: float,
+    ) -> _Call:
+        """Resolve everything a call needs before any I/O; bad names and deadlines fail here."""
+        if self._closed:
+            raise ServiceUnavailable("the hub is closed", service=service, method=method)
+        endpoint = self._endpoint(service)
+        op = self._operation(endpoint.role, method)
+        order = self._protocols(protocol)
+        timeout = default_deadline_s if deadline_s is None else deadline_s
+        if not timeout > 0:
+            raise InvalidArgument(f"deadline_s must be > 0, got {deadline_s}", service=service, method=method)
+        deadline = asyncio.get_running_loop().time() + timeout
+        return _Call(endpoint, op, order, protocol is not None, deadline, _caller_metadata(metadata))
+
+    def _acquire(self, service: str, method: str) -> CircuitBreaker:
+        breaker = self._breaker(service)
+        try:
+            breaker.acquire()
+        except CircuitOpen as e:
+            e.method = method
+            self.metrics.attempt(service, method, NO_PROTOCOL, e, 0.0)
+            raise
+        return breaker
+
+    async def _rounds(self, c: _Call, attempt: Attempt[T]) -> T:
         service, op, loop = c.endpoint.name, c.op, asyncio.get_running_loop()
         last: CallError | None = None
         for rnd in range(self._retry.max_retries + 1):
@@ -240,7 +319,7 @@ class CommunicationManager:
                 await asyncio.sleep(delay)
                 c.endpoint = self._endpoint(service)  # a restarted service may have new ports
             try:
-                return await self._round(c)
+                return await self._round(c, attempt)
             except CallError as e:
                 if not _is_retryable(e):
                     raise
@@ -252,12 +331,12 @@ class CommunicationManager:
             protocol=last.protocol,
         ) from last
 
-    async def _round(self, c: _Call) -> Message:
+    async def _round(self, c: _Call, attempt: Attempt[T]) -> T:
         """Each transport in order once; falls through only on TransportError."""
         service = c.endpoint.name
         skip = () if c.forced else self._down_now(service, c.order)
         live = [p for p in c.order if p not in skip]
-        metadata = (("x-internal-token", c.endpoint.token), *c.caller)
+        metadata: Metadata = (("x-internal-token", c.endpoint.token), *c.caller)
         failed: list[TransportError] = []
         passed: list[str] = []  # failed or skipped since the last attempt, for the fallback metric
         for name in c.order:
@@ -266,12 +345,8 @@ class CommunicationManager:
                 continue
             for a, b in itertools.pairwise([*passed, name]):
                 self.metrics.fallback(service, a, b)
-            call = UnaryCall(
-                c.endpoint, c.op, c.request, c.deadline, metadata, self.config.connect_timeout_s,
-                fail_fast=name != live[-1],
-            )
             try:
-                response = await self._attempt(name, call)
+                response = await attempt(name, c.endpoint, metadata, name != live[-1])
             except TransportError as e:
                 self._mark_down(service, name, e)
                 failed.append(e)
@@ -295,19 +370,20 @@ class CommunicationManager:
                 response = await self._transports[name].unary(call)
         except TimeoutError as e:
             err: CallError = DeadlineExceeded(f"{service}.{method} over {name}: the deadline passed")
-            self._fail(err, service, method, name, t0)
+            self.fail(err, service, method, name, t0)
             raise err from e
         except CallError as e:
-            self._fail(e, service, method, name, t0)
+            self.fail(e, service, method, name, t0)
             raise
         except OSError as e:
             err = TransportError(f"{type(e).__name__}: {e}")
-            self._fail(err, service, method, name, t0)
+            self.fail(err, service, method, name, t0)
             raise err from e
         self.metrics.attempt(service, method, name, None, time.perf_counter() - t0)
         return response
 
-    def _fail(self, err: CallError, service: str, method: str, protocol: str, t0: float) -> None:
+    def fail(self, err: CallError, service: str, method: str, protocol: str, t0: float) -> None:
+        """Fill in where ``err`` happened and count the failed attempt."""
         err.service = err.service or service
         err.method = err.method or method
         err.protocol = err.protocol or protocol
@@ -349,6 +425,9 @@ class CommunicationManager:
             )
             self.metrics.breaker(service, BreakerState.CLOSED)
         return b
+
+    def transport(self, name: str) -> Transport:
+        return self._transports[name]
 
     def _down_now(self, service: str, order: tuple[str, ...]) -> tuple[str, ...]:
         """Transports of ``order`` marked down for ``service``; none if all of them are."""

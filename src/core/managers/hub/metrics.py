@@ -9,10 +9,14 @@ then costs a dict lookup, which keeps the hub's own overhead per call in microse
     ultravox_hub_fallbacks_total{service,from_protocol,to_protocol} a call moved to the next protocol
     ultravox_hub_retries_total{service}                             a new round after all failed
     ultravox_hub_breaker_state{service}                             0 closed, 1 half-open, 2 open
+    ultravox_hub_stream_messages_total{service,method,protocol}     response messages of streams
+    ultravox_hub_stream_first_message_seconds{service,method,protocol}  open to first message
 
-``outcome`` is ``ok``, ``transport_error``, ``circuit_open`` or the lower-case status name of
-the error (``invalid_argument``, ``deadline_exceeded``, ``unavailable``, ``internal``...).
-Calls refused by an open breaker have ``protocol="none"``.
+``outcome`` is ``ok``, ``transport_error``, ``circuit_open``, ``cancelled`` (a stream its
+consumer closed early) or the lower-case status name of the error (``invalid_argument``,
+``deadline_exceeded``, ``unavailable``, ``internal``...). Calls refused by an open breaker have
+``protocol="none"``. A stream counts as one attempt per transport tried, and its duration is
+the whole stream's.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class ServiceStats:
     )
     fallbacks: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     retries: int = 0
+    stream_messages: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +66,7 @@ class ServiceStats:
             "calls": {p: dict(o) for p, o in self.calls.items()},
             "fallbacks": dict(self.fallbacks),
             "retries": self.retries,
+            "stream_messages": dict(self.stream_messages),
             "last_error": self.last_error,
         }
 
@@ -94,6 +100,16 @@ class HubMetrics:
             "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
             ["service"], registry=registry,
         )
+        self._messages = Counter(
+            "ultravox_hub_stream_messages_total",
+            "Response messages received on streams, by service, method and protocol.",
+            ["service", "method", "protocol"], registry=registry,
+        )
+        self._first = Histogram(
+            "ultravox_hub_stream_first_message_seconds",
+            "Time from opening a stream over one transport to its first response message.",
+            ["service", "method", "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
         self._children: dict[tuple[object, ...], Any] = {}
         self.stats: defaultdict[str, ServiceStats] = defaultdict(ServiceStats)
 
@@ -115,6 +131,18 @@ class HubMetrics:
             self._child(self._latency, service, method, protocol).observe(seconds)
         else:
             stats.last_error = f"{method} over {protocol}: {type(err).__name__}: {err.message}"
+
+    def cancelled(self, service: str, method: str, protocol: str) -> None:
+        """A stream its consumer closed before the end."""
+        self._child(self._calls, service, method, protocol, "cancelled").inc()
+        self.stats[service].calls[protocol]["cancelled"] += 1
+
+    def message(self, service: str, method: str, protocol: str) -> None:
+        self._child(self._messages, service, method, protocol).inc()
+        self.stats[service].stream_messages[protocol] += 1
+
+    def first_message(self, service: str, method: str, protocol: str, seconds: float) -> None:
+        self._child(self._first, service, method, protocol).observe(seconds)
 
     def fallback(self, service: str, from_protocol: str, to_protocol: str) -> None:
         self._child(self._fallbacks, service, from_protocol, to_protocol).inc()

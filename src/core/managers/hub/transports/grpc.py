@@ -18,6 +18,11 @@ a channel already in TRANSIENT_FAILURE fails at once when another transport foll
 dead gRPC port costs milliseconds (refused) or ``connect_timeout_s`` (black-holed) before the
 hub falls back to HTTP, never the whole deadline.
 
+Streams: ``stream()`` opens a unary-stream or stream-stream call and reads it with
+``call.read()``; closing the generator (the consumer broke out, or the hub gave up) runs
+``call.cancel()``, so the service sees CANCELLED and stops its handler at once. For bidi, gRPC
+consumes the request iterator in its own task while responses are read here (full duplex).
+
 Status mapping: UNAVAILABLE (refused, reset, GOAWAY, a draining server) and CANCELLED (the
 channel was closed under the call) are ``TransportError``; every other status goes through
 ``core.errors.error_from_code``.
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +41,8 @@ from google.protobuf.message import Message
 
 from core.errors import CallError, DeadlineExceeded, TransportError, error_from_code
 from core.managers.endpoint import Endpoint
-from core.managers.hub.transports.base import UnaryCall
-from core.wire import Operation
+from core.managers.hub.transports.base import StreamCall, UnaryCall
+from core.wire import Kind, Operation
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -78,6 +83,7 @@ class _Channel:
     target: str
     channel: grpc.aio.Channel
     methods: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
+    streams: dict[str, Any] = field(default_factory=dict)
 
     def method(self, op: Operation) -> grpc.aio.UnaryUnaryMultiCallable:
         mc = self.methods.get(op.grpc_path)
@@ -86,6 +92,15 @@ class _Channel:
                 op.grpc_path, request_serializer=_serialize, response_deserializer=op.response.FromString
             )
             self.methods[op.grpc_path] = mc
+        return mc
+
+    def stream_method(self, op: Operation) -> Any:
+        """The unary-stream or stream-stream multi-callable for a streaming ``op``."""
+        mc = self.streams.get(op.grpc_path)
+        if mc is None:
+            factory = self.channel.unary_stream if op.kind is Kind.SERVER_STREAM else self.channel.stream_stream
+            mc = factory(op.grpc_path, request_serializer=_serialize, response_deserializer=op.response.FromString)
+            self.streams[op.grpc_path] = mc
         return mc
 
 
@@ -133,7 +148,7 @@ class GrpcTransport:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _wait_ready(self, ch: _Channel, call: UnaryCall) -> None:
+    async def _wait_ready(self, ch: _Channel, call: UnaryCall | StreamCall) -> None:
         """Return once the channel is READY; raise TransportError past ``connect_timeout_s``."""
         state = ch.channel.get_state(try_to_connect=True)
         loop = asyncio.get_running_loop()
@@ -168,6 +183,34 @@ class GrpcTransport:
         except grpc.aio.UsageError as e:  # the channel was closed while the call was being set up
             raise TransportError(f"gRPC channel to {ch.target} closed: {e}") from e
         return response
+
+    async def stream(self, call: StreamCall) -> AsyncGenerator[Message, None]:
+        ch = self._channel(call.endpoint)
+        if ch.channel.get_state(try_to_connect=True) is not _READY:
+            await self._wait_ready(ch, call)
+        timeout = call.remaining()
+        if timeout <= 0:
+            raise DeadlineExceeded("the stream's deadline passed before it was opened")
+        first_arg = call.request if call.operation.kind is Kind.SERVER_STREAM else call.requests
+        try:
+            rpc = ch.stream_method(call.operation)(
+                first_arg, timeout=timeout, metadata=call.metadata, wait_for_ready=True
+            )
+        except grpc.aio.UsageError as e:
+            raise TransportError(f"gRPC channel to {ch.target} closed: {e}") from e
+        try:
+            while True:
+                try:
+                    msg = await rpc.read()
+                except grpc.aio.AioRpcError as e:
+                    raise map_rpc_error(e) from e
+                except grpc.aio.UsageError as e:
+                    raise TransportError(f"gRPC channel to {ch.target} closed mid-stream: {e}") from e
+                if msg is grpc.aio.EOF:
+                    return
+                yield msg
+        finally:
+            rpc.cancel()  # a no-op once the call has finished
 
     async def close(self) -> None:
         self._closed = True

@@ -7,6 +7,15 @@ exception (by HTTP status when the body says nothing). Connection failures (refu
 a broken keep-alive connection, a connect timeout) are ``TransportError``; a read or write
 timeout means the deadline passed.
 
+Streams: the reply of a streaming operation is a body of frames (``core.wire.frames``: msgpack
+maps back to back, or NDJSON), read and decoded as chunks arrive; a final error frame becomes
+its ``core.errors`` exception, and a body cut short (a reset, an incomplete chunked body) is a
+``TransportError``. A bidi request goes out as a chunked body of frames, streamed from the
+request iterator, but HTTP/1.1 here is half-duplex: the reply is read only once the whole
+request body has been sent, so over HTTP a bidi call answers after its requests end (gRPC is
+the live path). Closing the generator closes the response, i.e. the connection, which the
+service sees as a disconnect and answers by cancelling its handler.
+
 Both codecs share one :class:`HttpClientPool`, so a service has one client and one set of
 keep-alive connections whichever body type is used. A client costs ~20 ms to build (mostly
 its TLS context), so the pool builds one TLS context and reuses each client until the
@@ -19,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +46,9 @@ from core.errors import (
     error_from_code,
 )
 from core.managers.endpoint import Endpoint
-from core.managers.hub.transports.base import UnaryCall
-from core.wire import from_json, from_msgpack, to_json, to_msgpack
+from core.managers.hub.transports.base import StreamCall, UnaryCall
+from core.wire import Kind, from_json, from_msgpack, to_json, to_msgpack
+from core.wire.frames import NDJSON_TYPE, Frame, FrameFormat, FrameReader, data_frame, frame_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +61,19 @@ class HttpCodec:
     decode: Callable[[type[Message], bytes], Message]
     load: Callable[[bytes], Any]
     """Parse an error body into plain Python objects."""
+    frames: FrameFormat
+    stream_type: str
+    """Content-Type of a stream of frames in this codec."""
 
 
 def _load_msgpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
-MSGPACK = HttpCodec("msgpack", "application/msgpack", to_msgpack, from_msgpack, _load_msgpack)
-JSON = HttpCodec("json", "application/json", to_json, from_json, json.loads)
+MSGPACK = HttpCodec(
+    "msgpack", "application/msgpack", to_msgpack, from_msgpack, _load_msgpack, "msgpack", "application/msgpack"
+)
+JSON = HttpCodec("json", "application/json", to_json, from_json, json.loads, "json", NDJSON_TYPE)
 CODECS = {c.name: c for c in (MSGPACK, JSON)}
 
 
@@ -122,7 +137,7 @@ def error_from_response(resp: httpx.Response, codec: HttpCodec) -> CallError:
     """The ``core.errors`` exception for a non-2xx reply."""
     code, message = "", ""
     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-    loader = next((c.load for c in CODECS.values() if c.content_type == ctype), None)
+    loader = next((c.load for c in CODECS.values() if ctype in (c.content_type, c.stream_type)), None)
     if loader is not None and resp.content:
         with contextlib.suppress(Exception):  # a body that is not our error shape: use the status
             err = loader(resp.content).get("error") or {}
@@ -177,5 +192,73 @@ class HttpTransport:
         except InvalidArgument as e:  # the service sent something we cannot read: its fault, not ours
             raise ServiceFailed(f"malformed {self.codec.name} reply from {url}: {e.message}") from e
 
+    async def stream(self, call: StreamCall) -> AsyncGenerator[Message, None]:
+        timeout = call.remaining()
+        if timeout <= 0:
+            raise DeadlineExceeded("the stream's deadline passed before it was opened")
+        ep, op, codec = call.endpoint, call.operation, self.codec
+        url = ep.http_base + op.http_path
+        content: bytes | AsyncIterator[bytes]
+        if op.kind is Kind.BIDI_STREAM:
+            assert call.requests is not None
+            content, ctype = _request_frames(call.requests, codec.frames), codec.stream_type
+        else:
+            assert call.request is not None
+            content, ctype = codec.encode(call.request), codec.content_type
+        headers = {**dict(call.metadata), "content-type": ctype, "accept": codec.stream_type}
+        client = self.pool.client(ep)
+        request = client.build_request(
+            "POST", url, content=content, headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(call.connect_timeout_s, timeout)),
+        )
+        try:
+            resp = await client.send(request, stream=True)
+        except httpx.ConnectTimeout as e:
+            if call.remaining() <= 0:
+                raise DeadlineExceeded(f"deadline passed while connecting to {ep.http_base}") from e
+            raise TransportError(f"no HTTP connection to {ep.http_base} within {call.connect_timeout_s:g} s") from e
+        except httpx.TimeoutException as e:
+            raise DeadlineExceeded(f"no reply from {url} before the deadline ({type(e).__name__})") from e
+        except httpx.TransportError as e:
+            raise TransportError(f"HTTP {type(e).__name__} to {url}: {e}") from e
+        try:
+            if not resp.is_success:
+                await resp.aread()
+                raise error_from_response(resp, codec)
+            reader = FrameReader(codec.frames)
+            async for chunk in resp.aiter_raw():
+                for frame in _frames(reader.feed, chunk, url, codec):
+                    yield _message(op.response, frame, codec, url)
+            for frame in _frames(lambda _: reader.finish(), b"", url, codec):
+                yield _message(op.response, frame, codec, url)
+        except httpx.TimeoutException as e:
+            raise DeadlineExceeded(f"{url}: the stream stalled past the deadline ({type(e).__name__})") from e
+        except httpx.TransportError as e:
+            raise TransportError(f"HTTP stream from {url} broke: {type(e).__name__}: {e}") from e
+        finally:
+            await resp.aclose()
+
     async def close(self) -> None:
         await self.pool.aclose()
+
+
+def _frames(parse: Callable[[bytes], list[Frame]], chunk: bytes, url: str, codec: HttpCodec) -> list[Frame]:
+    try:
+        return parse(chunk)
+    except InvalidArgument as e:  # a body we cannot read: the service's fault, not the caller's
+        raise ServiceFailed(f"malformed {codec.name} stream from {url}: {e.message}") from e
+
+
+def _message(cls: type[Message], frame: Frame, codec: HttpCodec, url: str) -> Message:
+    """The message of a data frame; the error of a final error frame is raised as sent."""
+    if frame.error is not None:
+        raise error_from_code(*frame.error)
+    try:
+        return frame_message(cls, frame, codec.frames)
+    except InvalidArgument as e:
+        raise ServiceFailed(f"malformed {codec.name} stream frame from {url}: {e.message}") from e
+
+
+async def _request_frames(requests: AsyncIterator[Message], fmt: FrameFormat) -> AsyncIterator[bytes]:
+    async for msg in requests:
+        yield data_frame(msg, fmt)
