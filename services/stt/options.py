@@ -1,4 +1,4 @@
-"""The STT service's engine options (``options:`` of the service in config/services.yaml)."""
+"""The STT service's engine options (``options:`` of the service in config/services.yaml), VAD included."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import ServiceConfig
 from core.errors import ConfigError
+from services.stt.vad_config import VadOptions
 
 
 class SttOptions(BaseModel):
@@ -27,6 +28,20 @@ class SttOptions(BaseModel):
         16, ge=0, description="Calls allowed to wait for a worker; beyond that they get RESOURCE_EXHAUSTED."
     )
     vad_filter: bool = Field(False, description="Drop silence with faster-whisper's Silero VAD first.")
+    vad: VadOptions = Field(
+        default_factory=VadOptions,  # type: ignore[arg-type]
+        description="Streaming and DetectSpeech VAD defaults; a request may set its own.",
+    )
+    max_streams: int = Field(
+        16, ge=1, le=1024, description="StreamingRecognize streams open at once; more get RESOURCE_EXHAUSTED."
+    )
+    partial_interval_ms: int = Field(
+        1000, ge=100, le=60_000, description="Default time between PARTIAL transcripts when a stream asks."
+    )
+    max_utterance_s: float = Field(
+        30.0, ge=2, le=600,
+        description="A longer utterance is cut and finalised (Whisper decodes 30 s windows).",
+    )
 
     @classmethod
     def from_config(cls, cfg: ServiceConfig) -> SttOptions:

@@ -1,45 +1,56 @@
-"""The STT service: Transcribe over gRPC/msgpack/JSON and OpenAI's /v1/audio/transcriptions.
+"""The STT service: Transcribe, StreamingRecognize and DetectSpeech, plus /v1/audio/transcriptions and /detect.
 
-One engine instance serves every call. Decoding and transcription run in a small thread pool
-(``max_concurrency`` workers) so the event loop keeps answering health and other calls; calls
-beyond that wait in a bounded line (``max_queue``) and the rest are refused at once with
-RESOURCE_EXHAUSTED rather than piling up.
+One Whisper engine serves every call. Decoding and transcription run in a small worker pool
+(``max_concurrency`` workers) so the event loop keeps answering health and other calls; one-shot
+calls beyond that wait in a bounded line (``max_queue``) and the rest are refused at once with
+RESOURCE_EXHAUSTED. Streams are admitted up to ``max_streams``; their finals then wait for the
+engine without being refused. The Silero VAD (streams and DetectSpeech) has its own small pool.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
-
-from prometheus_client import Counter, Histogram
+from typing import TYPE_CHECKING, Any
 
 from core.context import ServiceContext
 from core.errors import ConfigError, InvalidArgument, ResourceExhausted
 from core.wire import operation
 from services.runtime import CallInfo, Handler, HttpKit, ModelDescription
 from services.stt.audio import DecodedAudio, Encoding, decode_audio
+from services.stt.detect import detect_routes, speech_segments
 from services.stt.engine import DecodeOptions, EngineFactory, ModelLoadError, SttEngine, Transcript
+from services.stt.metrics import SttMetrics
 from services.stt.model_store import resolve_model
 from services.stt.openai_routes import openai_routes
 from services.stt.options import SttOptions
+from services.stt.stream_config import read_config, stream_settings
+from services.stt.streaming import StreamSession
+from services.stt.vad import SileroVad, VadModel, locate_model
+from services.stt.vad_config import resolve_vad
 from services.stt.whisper_engine import FasterWhisperEngine
+from services.stt.workers import WorkerPool
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-    from uvpb.stt_pb2 import TranscribeRequest, TranscribeResponse
+    from uvpb.stt_pb2 import (
+        DetectSpeechRequest,
+        DetectSpeechResponse,
+        StreamingRecognizeRequest,
+        StreamingRecognizeResponse,
+        TranscribeRequest,
+        TranscribeResponse,
+    )
 
 ENGINES: Mapping[str, EngineFactory] = {"faster-whisper": FasterWhisperEngine}
 ENCODINGS: Mapping[str, Encoding] = {
     "AUDIO_ENCODING_UNSPECIFIED": "auto", "PCM_S16LE": "pcm_s16le", "WAV": "wav",
 }
 MAX_PROMPT_CHARS = 2000
-T = TypeVar("T")
+VAD_WORKERS = 2
+WHERE = "config/services.yaml (or the profile in config/profiles.yaml)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,57 +60,54 @@ class Result:
     seconds: float
 
 
-class SttMetrics:
-    def __init__(self, ctx: ServiceContext) -> None:
-        registry, self.service = ctx.process.registry, ctx.config.name
-        self.audio_seconds = Counter(
-            "uv_stt_audio_seconds_total", "Seconds of audio transcribed.", ["service"], registry=registry
-        )
-        self.rtf = Histogram(
-            "uv_stt_real_time_factor", "Processing time divided by audio duration, per transcription.",
-            ["service"], buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0),
-            registry=registry,
-        )
-
-    def observe(self, result: Result) -> None:
-        self.audio_seconds.labels(self.service).inc(result.audio.duration_s)
-        if result.audio.duration_s > 0:
-            self.rtf.labels(self.service).observe(result.seconds / result.audio.duration_s)
-
-
 class SttService:
-    """Declares Transcribe and the OpenAI route; the runtime does the serving."""
+    """Declares the handlers and routes; the runtime does the serving."""
 
     role = "stt"
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx, self.cfg = ctx, ctx.config
-        self.options = SttOptions.from_config(ctx.config)
+        self.options = o = SttOptions.from_config(ctx.config)
         factory = ENGINES.get(self.cfg.engine)
         if factory is None:
             raise ConfigError(
                 "config/services.yaml", f"services.{self.cfg.name}.engine",
                 f"unknown STT engine {self.cfg.engine!r}; available: {', '.join(ENGINES)}",
             )
-        self.engine: SttEngine = factory(self.options, self.cfg.device, str(ctx.paths.models / "hub"))
+        self.engine: SttEngine = factory(o, self.cfg.device, str(ctx.paths.models / "hub"))
+        self.vad: VadModel | None = None
         self.op = operation("stt", "Transcribe")
+        self.stream_op = operation("stt", "StreamingRecognize")
+        self.detect_op = operation("stt", "DetectSpeech")
         self.metrics = SttMetrics(ctx)
-        self.model_path = ""
-        self._pool = ThreadPoolExecutor(self.options.max_concurrency, f"{self.cfg.name}-work")
-        self._slots = asyncio.Semaphore(self.options.max_concurrency)
-        self._waiting = 0
+        self.model_path = self.vad_path = ""
+        self.whisper = WorkerPool(o.max_concurrency, o.max_queue, f"{self.cfg.name}-work", "STT")
+        self.vad_pool = WorkerPool(VAD_WORKERS, o.max_queue, f"{self.cfg.name}-vad", "The VAD")
+        self.streams = 0
 
     def handlers(self) -> Mapping[str, Handler]:
-        return {"Transcribe": self.transcribe}
+        return {
+            "Transcribe": self.transcribe,
+            "StreamingRecognize": self.streaming_recognize,
+            "DetectSpeech": self.detect_speech,
+        }
 
     def load(self) -> None:
         resolved = resolve_model(self.cfg.model, self.ctx.paths.models, self.cfg.name)
         try:
             self.engine.load(resolved.ref)
         except ModelLoadError as e:
-            where = "config/services.yaml (or the profile in config/profiles.yaml)"
-            raise ConfigError(where, f"services.{self.cfg.name}.model", str(e)) from e
+            raise ConfigError(WHERE, f"services.{self.cfg.name}.model", str(e)) from e
         self.model_path = resolved.ref
+        path = locate_model(self.options.vad.model_path, f"{WHERE}: services.{self.cfg.name}")
+        try:
+            self.vad = SileroVad(path, self.options.vad.threads)
+        except Exception as e:
+            raise ConfigError(
+                WHERE, f"services.{self.cfg.name}.options.vad.model_path",
+                f"could not load the Silero VAD from {path} ({type(e).__name__}: {e})",
+            ) from e
+        self.vad_path = str(path)
 
     def describe(self) -> ModelDescription:
         o = self.options
@@ -109,30 +117,93 @@ class SttService:
                 "model_path": self.model_path, "compute_type": o.compute_type,
                 "cpu_threads": str(o.cpu_threads),
                 "beam_size": str(o.beam_size), "language": o.language, "max_audio_s": f"{o.max_audio_s:g}",
-                "max_concurrency": str(o.max_concurrency),
+                "max_concurrency": str(o.max_concurrency), "max_streams": str(o.max_streams),
+                "vad_model": self.vad_path, "vad_threshold": f"{o.vad.threshold:g}",
+                "vad_min_speech_ms": str(o.vad.min_speech_ms), "vad_end_silence_ms": str(o.vad.end_silence_ms),
+                "vad_pre_roll_ms": str(o.vad.pre_roll_ms),
             },
         )
 
     def http_routes(self, kit: HttpKit) -> Sequence[BaseRoute]:
-        return openai_routes(kit, self.op)
+        return [*openai_routes(kit, self.op), *detect_routes(kit, self.detect_op)]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.whisper.close()
+        self.vad_pool.close()
         self.engine.close()
 
     async def transcribe(self, req: TranscribeRequest, call: CallInfo) -> TranscribeResponse:
         options = self.decode_options(req.language, req.beam_size, req.initial_prompt)
-        audio = req.audio
+        encoding = self.encoding(req.audio)
+        data, rate, channels = req.audio.data, req.audio.sample_rate, req.audio.channels
+        result = await self.whisper.run(lambda: self._work(data, encoding, rate, channels, options))
+        self.metrics.transcribed(result.audio.duration_s, result.seconds)
+        return self.to_response(result)
+
+    async def streaming_recognize(
+        self, requests: AsyncIterator[StreamingRecognizeRequest], call: CallInfo
+    ) -> AsyncIterator[StreamingRecognizeResponse]:
+        if self.streams >= self.options.max_streams:
+            raise ResourceExhausted(
+                f"STT has {self.streams} streams open, its limit (options.max_streams); retry shortly",
+                retry_after_s=1.0,
+            )
+        gauge = self.metrics.streams_active.labels(self.cfg.name)
+        self.streams += 1
+        gauge.inc()
+        try:
+            config = await read_config(requests)
+            settings = stream_settings(config, self.options, self.decode_options, self.engine.languages())
+            session = StreamSession(
+                settings, self._vad().stream(), self.engine, self.whisper, self.vad_pool, self.metrics,
+                self.stream_op.response,
+            )
+            async for event in session.events(requests):
+                yield event
+        finally:
+            self.streams -= 1
+            gauge.dec()
+
+    async def detect_speech(self, req: DetectSpeechRequest, call: CallInfo) -> DetectSpeechResponse:
+        v = req.vad
+        settings = resolve_vad(
+            self.options.vad, threshold=v.threshold, min_speech_ms=v.min_speech_ms,
+            end_silence_ms=v.end_silence_ms, pre_roll_ms=v.pre_roll_ms, where="vad",
+        )
+        encoding = self.encoding(req.audio)
+        data, rate, channels = req.audio.data, req.audio.sample_rate, req.audio.channels
+        model = self._vad()
+
+        def work() -> tuple[DecodedAudio, list[tuple[float, float]], int, float]:
+            started = time.perf_counter()
+            audio = decode_audio(data, encoding, sample_rate=rate, channels=channels,
+                                 max_audio_s=self.options.max_audio_s)
+            found, frames = speech_segments(model, audio.samples, settings)
+            return audio, found, frames, time.perf_counter() - started
+
+        audio, found, frames, took = await self.vad_pool.run(work)
+        self.metrics.frames(frames)
+        resp: DetectSpeechResponse = self.detect_op.response(
+            audio_duration_s=audio.duration_s, processing_time_s=took
+        )
+        for start, end in found:
+            resp.segments.add(start_s=start, end_s=end)
+        return resp
+
+    def _vad(self) -> VadModel:
+        if self.vad is None:
+            raise RuntimeError("the VAD is used before load(); the runtime gates calls on readiness")
+        return self.vad
+
+    @staticmethod
+    def encoding(audio: Any) -> Encoding:
         enum = audio.DESCRIPTOR.fields_by_name["encoding"].enum_type.values_by_number.get(audio.encoding)
         encoding = ENCODINGS.get(enum.name) if enum is not None else None
         if encoding is None:
             raise InvalidArgument(
                 f"unknown audio encoding {audio.encoding}; use WAV, PCM_S16LE or leave it unspecified"
             )
-        data, rate, channels = audio.data, audio.sample_rate, audio.channels
-        result = await self._run(lambda: self._work(data, encoding, rate, channels, options))
-        self.metrics.observe(result)
-        return self.to_response(result)
+        return encoding
 
     def decode_options(self, language: str, beam_size: int, prompt: str) -> DecodeOptions:
         lang = (language or self.options.language).strip().lower()
@@ -154,25 +225,6 @@ class SttService:
                              max_audio_s=self.options.max_audio_s)
         transcript = self.engine.transcribe(audio.samples, opts)
         return Result(audio, transcript, time.perf_counter() - started)
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on a worker once a slot is free; refuse at once when the line is full."""
-        if self._slots.locked() and self._waiting >= self.options.max_queue:
-            raise ResourceExhausted(
-                f"STT is busy: {self.options.max_concurrency} transcription(s) running and "
-                f"{self._waiting} waiting (options.max_queue); retry shortly",
-                retry_after_s=1.0,
-            )
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            ctx = contextvars.copy_context()  # keeps the request id on log lines from the worker
-            return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn)
-        finally:
-            self._slots.release()
 
     def to_response(self, result: Result) -> TranscribeResponse:
         t = result.transcript

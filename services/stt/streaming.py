@@ -1,0 +1,214 @@
+"""One StreamingRecognize stream: PCM16 frames in; VAD events, partials and finals out.
+
+Three parts run side by side, so that audio keeps flowing while Whisper works:
+
+- the *reader* task takes audio messages, scores them with the VAD, turns boundaries into
+  SPEECH_STARTED / SPEECH_ENDED events at once, and queues a *final job* per utterance (its
+  audio from ``pre_roll`` before the start, never overlapping the previous utterance) and, while
+  speech goes on, a *partial job* every ``partial_interval`` when the engine is free (a busy
+  engine skips the partial; partials never queue up);
+- the *transcriber* task runs the jobs one at a time on the shared worker pool;
+- the generator (:meth:`StreamSession.events`) yields what both put on the output queue.
+
+At the end of input an utterance in progress ends; the stream closes after its last FINAL.
+A bad message ends the stream with INVALID_ARGUMENT after the events before it. On cancel the
+tasks are cancelled; a Whisper decode already running (at most one, up to ``max_utterance_s``
+of audio) finishes in its thread and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.errors import InvalidArgument
+from services.stt.audio_window import AudioWindow
+from services.stt.engine import SttEngine, Transcript
+from services.stt.metrics import SttMetrics
+from services.stt.segmenter import Boundary, Phase, Segmenter
+from services.stt.stream_config import StreamSettings
+from services.stt.vad import FRAME, FrameScorer
+from services.stt.vad_config import SAMPLE_RATE
+from services.stt.workers import WorkerPool
+
+MAX_FRAME_BYTES = 1 << 20
+"""Largest audio message: 1 MiB, about 33 s of PCM16 at 16 kHz."""
+INLINE_VAD_SAMPLES = 16 * FRAME
+"""Bigger chunks are scored in a worker thread, so the event loop never stalls on a long chunk."""
+MAX_PENDING_FINALS = 4
+"""Finals waiting for the engine; past this the reader waits, which slows a sender that outruns it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    utterance: int
+    audio: np.ndarray
+    offset_s: float
+    """Where ``audio`` starts on the stream clock."""
+    start_s: float
+    end_s: float
+    final: bool
+    ended_at: float = 0.0
+    """``perf_counter`` when SPEECH_ENDED went out (finals)."""
+
+
+def seconds(sample: int) -> float:
+    return sample / SAMPLE_RATE
+
+
+class StreamSession:
+    def __init__(
+        self,
+        settings: StreamSettings,
+        scorer: FrameScorer,
+        engine: SttEngine,
+        whisper: WorkerPool,
+        vad_pool: WorkerPool,
+        metrics: SttMetrics,
+        response: Callable[..., Any],
+    ) -> None:
+        self.s, self.scorer, self.engine = settings, scorer, engine
+        self.whisper, self.vad_pool, self.metrics, self.response = whisper, vad_pool, metrics, response
+        max_samples = int(settings.max_utterance_s * SAMPLE_RATE)
+        self.segmenter = Segmenter(settings.vad, max_samples)
+        self.window = AudioWindow()
+        self.pre_roll = settings.vad.samples(settings.vad.pre_roll_ms)
+        self.utterance = 0
+        self.start_s = 0.0
+        self.audio_from = 0
+        """Where the current utterance's audio starts (pre-roll included)."""
+        self.prev_end = 0
+        self.last_partial = 0
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self.jobs: asyncio.Queue[Job | None] = asyncio.Queue(MAX_PENDING_FINALS)
+        self.busy = False
+
+    async def events(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Run the stream; yields responses, raises the error that ended it."""
+        reader = asyncio.create_task(self._guard(self._read(requests)), name="stt-stream-reader")
+        transcriber = asyncio.create_task(self._guard(self._transcribe()), name="stt-stream-transcriber")
+        try:
+            while True:
+                item = await self.out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in (reader, transcriber):
+                task.cancel()
+            await asyncio.wait([reader, transcriber])
+
+    async def _guard(self, work: Any) -> None:
+        try:
+            await work
+        except Exception as e:  # handed to the generator, which raises it to the runtime
+            self.out.put_nowait(e)
+
+    async def _read(self, requests: AsyncIterator[Any]) -> None:
+        async for req in requests:
+            kind = req.WhichOneof("request")
+            if kind == "config":
+                raise InvalidArgument(
+                    "StreamingConfig may only be the first message of a stream; send audio frames after it"
+                )
+            if kind != "audio":
+                raise InvalidArgument("every message after the first must carry 'audio' (PCM16 frames)")
+            await self._audio(req.audio)
+            await asyncio.sleep(0)  # let the transcriber and the output run between messages
+        for b in self.segmenter.finish(self.window.end):
+            await self._boundary(b)
+        await self.jobs.put(None)
+
+    async def _audio(self, data: bytes) -> None:
+        if len(data) > MAX_FRAME_BYTES:
+            raise InvalidArgument(
+                f"audio message of {len(data)} bytes is over the {MAX_FRAME_BYTES}-byte limit; send the "
+                "audio as a stream of small frames (20 to 100 ms each is typical)"
+            )
+        if len(data) % 2:
+            raise InvalidArgument(
+                f"audio message has {len(data)} bytes, an odd number: PCM16 needs an even number of bytes "
+                "(2 per sample); send whole little-endian 16-bit mono samples at 16 kHz"
+            )
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        self.window.append(samples)
+        if samples.size > INLINE_VAD_SAMPLES:
+            probs = await self.vad_pool.run(lambda: self.scorer.push(samples), admit=False)
+        else:
+            probs = self.scorer.push(samples)
+        self.metrics.frames(probs.size)
+        for b in self.segmenter.feed(probs):
+            await self._boundary(b)
+        phase = self.segmenter.phase
+        if phase is Phase.SPEECH:
+            self._maybe_partial()
+        else:  # keep only what a coming utterance's pre-roll may need
+            since = self.segmenter.start if phase is Phase.CANDIDATE else self.segmenter.position
+            self.window.drop_before(since - self.pre_roll)
+
+    async def _boundary(self, b: Boundary) -> None:
+        n = self.utterance
+        if b.kind == "start":
+            self.audio_from = max(b.sample - self.pre_roll, self.prev_end, self.window.first)
+            self.last_partial = b.decided_at
+            self.start_s = seconds(b.sample)
+            self.out.put_nowait(self.response(type="SPEECH_STARTED", utterance=n, start_s=self.start_s))
+            return
+        end_s = seconds(b.sample)
+        self.out.put_nowait(
+            self.response(type="SPEECH_ENDED", utterance=n, start_s=self.start_s, end_s=end_s)
+        )
+        audio = self.window.slice(self.audio_from, b.decided_at)
+        job = Job(n, audio, seconds(self.audio_from), self.start_s, end_s, True, time.perf_counter())
+        self.prev_end = b.decided_at
+        self.utterance += 1
+        await self.jobs.put(job)  # waits when MAX_PENDING_FINALS are queued
+
+    def _maybe_partial(self) -> None:
+        if not self.s.partials or seconds(self.window.end - self.last_partial) < self.s.partial_interval_s:
+            return
+        self.last_partial = self.window.end
+        if self.busy or not self.jobs.empty() or self.whisper.saturated:
+            self.metrics.partial("skipped")
+            return
+        audio = self.window.slice(self.audio_from, self.window.end)
+        end_s = seconds(self.window.end)
+        self.jobs.put_nowait(Job(self.utterance, audio, seconds(self.audio_from), self.start_s, end_s, False))
+
+    async def _transcribe(self) -> None:
+        while (job := await self.jobs.get()) is not None:
+            self.busy = True
+            try:
+                started = time.perf_counter()
+                decode = functools.partial(self.engine.transcribe, job.audio, self.s.decode)
+                transcript = await self.whisper.run(decode, admit=False)
+                took = time.perf_counter() - started
+            finally:
+                self.busy = False
+            self.metrics.transcribed(job.audio.size / SAMPLE_RATE, took)
+            self.out.put_nowait(self._result(job, transcript, took))
+            if job.final:
+                self.metrics.final(time.perf_counter() - job.ended_at)
+            else:
+                self.metrics.partial("sent")
+        self.out.put_nowait(None)
+
+    def _result(self, job: Job, t: Transcript, took: float) -> Any:
+        resp = self.response(
+            type="FINAL" if job.final else "PARTIAL", utterance=job.utterance, text=t.text,
+            start_s=job.start_s, end_s=job.end_s, processing_time_s=took, language=t.language,
+        )
+        for seg in t.segments:
+            resp.segments.add(
+                start_s=job.offset_s + seg.start_s, end_s=job.offset_s + seg.end_s, text=seg.text,
+                avg_logprob=seg.avg_logprob, no_speech_prob=seg.no_speech_prob,
+            )
+        return resp
