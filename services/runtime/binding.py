@@ -10,8 +10,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 
+from core.errors import SupervisorError
 from core.wire import CONTROL_OPS, Kind, Operation, operations
 from services.runtime.api import Handler
+
+
+class HandlerMismatch(SupervisorError, TypeError):
+    """The service's handlers do not fit its role: the process exits with EXIT_STARTUP and this message."""
 
 _SHAPES = {
     Kind.UNARY: "an 'async def' coroutine function returning one response",
@@ -37,13 +42,13 @@ def _fits(kind: Kind, handler: object) -> bool:
 
 
 def bind_handlers(role: str, service_handlers: Mapping[str, Handler]) -> dict[str, Handler]:
-    """The handlers by operation name; TypeError unless they cover the role exactly, each of the right Kind."""
+    """The handlers by operation name; HandlerMismatch unless they cover the role exactly, each of the right Kind."""
     ops: dict[str, Operation] = operations(role)
     wanted = sorted(n for n in ops if n not in CONTROL_OPS)
     missing = [n for n in wanted if n not in service_handlers]
     unknown = sorted(n for n in service_handlers if n not in wanted)
     if missing or unknown:
-        raise TypeError(
+        raise HandlerMismatch(
             f"a {role!r} service must handle exactly {wanted}; missing {missing}, unexpected {unknown} "
             "(operations come from core.wire.catalog; Control ops are served by the runtime)"
         )
@@ -54,5 +59,5 @@ def bind_handlers(role: str, service_handlers: Mapping[str, Handler]) -> dict[st
         if not _fits(ops[name].kind, service_handlers[name])
     ]
     if wrong:
-        raise TypeError(f"{role!r} service handlers have the wrong shape: " + "; ".join(wrong))
+        raise HandlerMismatch(f"{role!r} service handlers have the wrong shape: " + "; ".join(wrong))
     return dict(service_handlers)

@@ -77,6 +77,7 @@ class Dispatcher:
         control = ControlOps(service_name, service, state, lambda: version)
         self._handlers: dict[str, Handler] = {**bind_handlers(service.role, service.handlers()), **control.handlers()}
         self._in_flight = 0
+        self._tasks: dict[asyncio.Task[Any], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.log = logging.getLogger(f"ultravox.{service_name}.calls")
@@ -189,6 +190,13 @@ class Dispatcher:
                                    "reason": err.message, "request_id": call.request_id},
         )
 
+    def cancel_all(self) -> int:
+        """Cancel the tasks serving calls now (a drain ran out of grace); returns how many."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
     async def wait_idle(self, within_s: float) -> bool:
         """Wait until no call or stream is in flight; False if ``within_s`` passed first."""
         if self._idle.is_set():
@@ -241,18 +249,26 @@ class Dispatcher:
                 "method": call.method, "protocol": call.protocol, "duration_ms": round(seconds * 1e3, 2),
             })
         elif outcome == "cancelled":
-            self.log.info("call cancelled by the client", extra={
+            self.log.info("call cancelled (the client went away, or the service is stopping)", extra={
                 "method": call.method, "protocol": call.protocol, "duration_ms": round(seconds * 1e3, 2),
             })
 
     def _enter(self) -> None:
         self._in_flight += 1
         self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[task] = self._tasks.get(task, 0) + 1
 
     def _leave(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
+        task = asyncio.current_task()
+        if task is not None and task in self._tasks:
+            self._tasks[task] -= 1
+            if not self._tasks[task]:
+                del self._tasks[task]
 
 
 def _wraps(e: BaseException) -> bool:

@@ -3,7 +3,8 @@
 Order matters: both ports are bound before anything starts (so a taken port fails fast with a
 clear error), the servers answer liveness while the model loads in a worker thread, health
 turns SERVING only after the load, and on SIGTERM/SIGINT health turns NOT_SERVING, listeners
-close, in-flight calls get ``stop_grace_s`` to finish, and the process exits 0.
+close, in-flight calls and streams get ``stop_grace_s`` to finish (then they are cancelled),
+and the process exits 0.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from services.runtime.state import Phase, ServiceState
 from services.runtime.watchdog import ParentWatchdog
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_STARTUP, EXIT_ORPHANED = 0, 1, 2, 3, 4
+CANCEL_WAIT_S = 2.0
+"""After the grace, how long cancelled handlers get to run their ``finally`` before close()."""
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -226,11 +229,14 @@ class ServiceRunner:
         force.cancel()
         drained = idle.done() and idle.result()
         idle.cancel()
+        await self.grpc.stop(0)  # also ends health Watch streams, which never finish by themselves
         if not drained:
             left = self.dispatcher.in_flight
-            self.log.warning("cancelling calls still in flight", extra={"in_flight": left})
+            self.log.warning("cancelling calls and streams still in flight", extra={"in_flight": left})
+            self.dispatcher.cancel_all()  # HTTP ones: uvicorn's force_exit stops waiting but cancels nothing
             self.http.force_exit = True
-        await self.grpc.stop(0)  # also ends health Watch streams, which never finish by themselves
+            if not await self.dispatcher.wait_idle(CANCEL_WAIT_S):
+                self.log.warning("calls ignored cancellation", extra={"in_flight": self.dispatcher.in_flight})
         await grpc_stop
         with contextlib.suppress(asyncio.CancelledError):
             await http_task
