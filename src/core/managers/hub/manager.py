@@ -32,6 +32,7 @@ is ``streaming.py``'s job (no fallback, no retry, a broken stream is a Transport
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -232,8 +233,10 @@ class CommunicationManager:
             breaker.release()
             raise
         breaker.success()
-        async for msg in relay(self, opener, opened, breaker, c.deadline):
-            yield msg
+        # aclosing: an ``async for`` does not close the generator it reads when it is itself closed
+        async with contextlib.aclosing(relay(self, opener, opened, breaker, c.deadline)) as messages:
+            async for msg in messages:
+                yield msg
 
     def breaker_state(self, service: str) -> str:
         """``closed``, ``half_open`` or ``open``; a service never called reads ``closed``."""
