@@ -23,6 +23,10 @@ class TtsMetrics:
             "uv_tts_audio_seconds_total", "Seconds of audio synthesised and sent.",
             ["service", "engine"], registry=registry,
         )
+        self.pieces = Counter(
+            "uv_tts_pieces_total", "Pieces of text (clauses, sentences) the engine synthesised.",
+            ["service", "engine"], registry=registry,
+        )
         self.first_audio = Histogram(
             "uv_tts_time_to_first_audio_seconds",
             "From the request's arrival to its first audio being ready, by engine and method.",
@@ -35,6 +39,9 @@ class TtsMetrics:
 
     def accepted(self, engine: str, chars: int) -> None:
         self.characters.labels(self.service, engine).inc(chars)
+
+    def piece(self, engine: str) -> None:
+        self.pieces.labels(self.service, engine).inc()
 
     def first(self, engine: str, method: str, seconds: float) -> None:
         self.first_audio.labels(self.service, engine, method).observe(seconds)

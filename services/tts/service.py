@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +28,7 @@ from services.tts.openai_routes import openai_routes
 from services.tts.options import WHERE, TtsOptions
 from services.tts.piper_engine import PiperEngine
 from services.tts.requests import Plan, plan_request
-from services.tts.synth import Runner, render_pieces
+from services.tts.synth import RenderedPiece, Runner, render_pieces
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -106,14 +106,21 @@ class TtsService:
             options=self.options,
         )
 
+    def _render(self, plan: Plan, *, encode_each: bool) -> contextlib.aclosing[AsyncGenerator[RenderedPiece, None]]:
+        """The plan's pieces as they are ready; leaving the ``async with`` stops the rest."""
+        pieces = render_pieces(
+            plan, self.engines[plan.engine], self.runner, encode_each=encode_each,
+            on_piece=lambda: self.metrics.piece(plan.engine),
+        )
+        return contextlib.aclosing(pieces)
+
     async def synthesize(self, req: SynthesizeRequest, call: CallInfo) -> SynthesizeResponse:
         started = time.perf_counter()
         plan = self.plan(req)
         with self.runner.admit():
             self.metrics.accepted(plan.engine, plan.chars)
             parts: list[np.ndarray] = []
-            engine = self.engines[plan.engine]
-            async with contextlib.aclosing(render_pieces(plan, engine, self.runner, encode_each=False)) as pieces:
+            async with self._render(plan, encode_each=False) as pieces:
                 async for rendered in pieces:
                     parts.append(rendered.samples)
             samples = np.concatenate(parts)
@@ -137,8 +144,7 @@ class TtsService:
         with self.runner.admit():
             self.metrics.accepted(plan.engine, plan.chars)
             total = 0.0
-            engine = self.engines[plan.engine]
-            async with contextlib.aclosing(render_pieces(plan, engine, self.runner, encode_each=True)) as pieces:
+            async with self._render(plan, encode_each=True) as pieces:
                 async for r in pieces:
                     elapsed = time.perf_counter() - started
                     duration = r.duration_s(plan.sample_rate)

@@ -80,9 +80,11 @@ class Runner:
 
 
 async def render_pieces(
-    plan: Plan, engine: TtsEngine, runner: Runner, *, encode_each: bool
+    plan: Plan, engine: TtsEngine, runner: Runner, *, encode_each: bool, on_piece: Callable[[], None] = lambda: None
 ) -> AsyncGenerator[RenderedPiece, None]:
-    """Each piece of ``plan`` in order, synthesised, resampled, padded and (optionally) encoded."""
+    """Each piece of ``plan`` in order, synthesised, resampled, padded and (optionally) encoded.
+
+    ``on_piece`` runs on the worker after each engine call (metrics)."""
     stop = threading.Event()
     last = len(plan.pieces) - 1
 
@@ -91,6 +93,7 @@ async def render_pieces(
             raise StopRequested
         piece = plan.pieces[index]
         samples = engine.synthesize(piece.text, plan.voice, plan.language, plan.speed)
+        on_piece()
         samples = resample(samples, plan.engine_rate, plan.sample_rate)
         if index < last and PAUSES[piece.pause]:
             samples = np.concatenate([samples, silence(PAUSES[piece.pause], plan.sample_rate)])

@@ -170,6 +170,8 @@ async def test_closing_the_stream_stops_further_pieces(tmp_path: Path) -> None:
         svc.close()
     assert first.index == 0
     assert 1 <= len(engine.calls) <= 2  # the first piece, and at most the one prefetched behind it
+    pieces = svc.ctx.process.registry.get_sample_value("uv_tts_pieces_total", {"service": "tts", "engine": "kokoro"})
+    assert pieces == len(engine.calls)
 
 
 async def test_cancelling_the_consumer_stops_further_pieces(tmp_path: Path) -> None:
