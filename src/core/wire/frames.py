@@ -94,6 +94,8 @@ class FrameReader:
         self.max_frame_bytes = max_frame_bytes
         self.count = 0
         self._fed = 0
+        self._parsed = 0
+        """Bytes of complete msgpack frames (``Unpacker.tell()`` right after each one)."""
         self._unpacker = (
             msgpack.Unpacker(raw=False, max_buffer_size=max_frame_bytes) if fmt == "msgpack" else None
         )
@@ -119,10 +121,10 @@ class FrameReader:
     def finish(self) -> list[Frame]:
         """Frames left at the end of the body (an NDJSON last line without a newline); raises on a cut frame."""
         if self._unpacker is not None:
-            if self._unpacker.tell() < self._fed:
+            if self._parsed < self._fed:
                 raise InvalidArgument(
                     f"the msgpack stream ends inside frame {self.count} "
-                    f"({self._fed - self._unpacker.tell()} bytes of an incomplete frame)"
+                    f"({self._fed - self._parsed} bytes of an incomplete frame)"
                 )
             return []
         line, self._buf = bytes(self._buf).strip(), bytearray()
@@ -131,17 +133,17 @@ class FrameReader:
     def _feed_msgpack(self, chunk: bytes) -> list[Frame]:
         assert self._unpacker is not None
         self._fed += len(chunk)
+        out = []
         try:
             self._unpacker.feed(chunk)
-            objs = list(self._unpacker)
+            for obj in self._unpacker:
+                self._parsed = self._unpacker.tell()
+                out.append(_frame(obj, self.count))
+                self.count += 1
         except msgpack.BufferFull as e:
             raise InvalidArgument(f"a msgpack stream frame is over {self.max_frame_bytes} bytes") from e
         except (ValueError, msgpack.FormatError, msgpack.StackError) as e:
             raise InvalidArgument(f"stream frame {self.count} is not valid msgpack: {e}") from e
-        out = []
-        for obj in objs:
-            out.append(_frame(obj, self.count))
-            self.count += 1
         return out
 
     def _json_line(self, line: bytes) -> Frame:
