@@ -11,7 +11,9 @@ Three parts run side by side, so that audio keeps flowing while Whisper works:
 - the generator (:meth:`StreamSession.events`) yields what both put on the output queue.
 
 At the end of input an utterance in progress ends; the stream closes after its last FINAL.
-A bad message ends the stream with INVALID_ARGUMENT after the events before it. On cancel the
+A bad message (an odd byte count, an oversized frame, a file header such as RIFF in the first
+frame, a second config) ends the stream with INVALID_ARGUMENT after the events before it; any
+other bytes are just audio, and noise is noise to the VAD. On cancel the
 tasks are cancelled; a Whisper decode already running (at most one, up to ``max_utterance_s``
 of audio) finishes in its thread and is dropped.
 """
@@ -43,6 +45,9 @@ INLINE_VAD_SAMPLES = 16 * FRAME
 """Bigger chunks are scored in a worker thread, so the event loop never stalls on a long chunk."""
 MAX_PENDING_FINALS = 4
 """Finals waiting for the engine; past this the reader waits, which slows a sender that outruns it."""
+CONTAINERS = {b"RIFF": "a WAV (RIFF) file", b"OggS": "an Ogg file", b"fLaC": "a FLAC file", b"ID3": "an MP3 file",
+              b"\x1aE\xdf\xa3": "a WebM/Matroska file"}
+"""File headers a first audio frame must not start with: a common mistake, refused with a clear reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +143,8 @@ class StreamSession:
                 f"audio message has {len(data)} bytes, an odd number: PCM16 needs an even number of bytes "
                 "(2 per sample); send whole little-endian 16-bit mono samples at 16 kHz"
             )
+        if self.window.end == 0:
+            self._refuse_container(data)
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
         self.window.append(samples)
         if samples.size > INLINE_VAD_SAMPLES:
@@ -153,6 +160,16 @@ class StreamSession:
         else:  # keep only what a coming utterance's pre-roll may need
             since = self.segmenter.start if phase is Phase.CANDIDATE else self.segmenter.position
             self.window.drop_before(since - self.pre_roll)
+
+    @staticmethod
+    def _refuse_container(data: bytes) -> None:
+        for magic, what in CONTAINERS.items():
+            if data.startswith(magic):
+                raise InvalidArgument(
+                    f"the first audio frame starts like {what}: stream audio is raw PCM16 little-endian mono at "
+                    "16 kHz, with no header; decode the file and send its samples, or send the whole file to "
+                    "Transcribe / DetectSpeech"
+                )
 
     async def _boundary(self, b: Boundary) -> None:
         n = self.utterance

@@ -252,6 +252,16 @@ async def test_bad_frames_end_the_stream_after_the_events_before_them(
     assert await run(svc, [config(), *frames(audio)])  # the next stream works
 
 
+@pytest.mark.parametrize(
+    ("header", "what"),
+    [(b"RIFF\x24\x00\x00\x00WAVEfmt ", "a WAV"), (b"OggS\x00\x02", "an Ogg"), (b"ID3\x04\x00", "an MP3")],
+)
+async def test_a_file_header_as_the_first_frame_is_refused(svc: SttService, header: bytes, what: str) -> None:
+    msgs = [config(), stt_pb2.StreamingRecognizeRequest(audio=header + bytes(1000 - len(header)))]
+    with pytest.raises(InvalidArgument, match=f"first audio frame starts like {what} .* raw PCM16"):
+        await run(svc, msgs)
+
+
 async def test_max_streams_refuses_the_next_stream(tmp_path: Path) -> None:
     svc, _ = make_service(tmp_path, max_streams=1)
     svc.vad = EnergyVad()
