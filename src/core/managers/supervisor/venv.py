@@ -7,6 +7,13 @@ editable install points at, and build-affecting env such as CMAKE_ARGS. So a ven
 only when one of those changes, and a changed runtime env (OMP_NUM_THREADS) costs nothing.
 uv's shared cache (~/.cache/uv) makes every extra venv cheap on disk.
 
+Packages named in the service env's ``SOURCE_BUILD_PACKAGES`` (llama-cpp-python) are built from
+source first, on their own, with uv's cache pointed at ``<paths.cache>/wheels/build-<key>``, where
+the key hashes those requirements and the build env. uv keys the wheels it builds by sdist only,
+never by CMAKE_ARGS, so a shared cache could hand back a wheel built with other flags (a
+``-march=native`` llama.cpp that segfaults). A keyed cache builds once per flag set and is reused
+by every later venv with the same flags; the main install then finds those packages satisfied.
+
 A ``.ready`` marker is written last; a venv without it is a half-built leftover and is
 rebuilt. Builds are meant to run one at a time: the project's build hook regenerates the
 proto package in src/.
@@ -35,8 +42,12 @@ from core.context import Paths
 from core.errors import SupervisorError, VenvBuildError
 
 READY_MARKER = ".ready"
+#: Service env naming packages (comma or space separated) to build from source in a keyed cache.
+SOURCE_BUILD_ENV = "SOURCE_BUILD_PACKAGES"
 #: Env names (exact) whose value changes what a build produces.
-BUILD_ENV_NAMES = frozenset({"CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "FORCE_CMAKE", "MAKEFLAGS"})
+BUILD_ENV_NAMES = frozenset(
+    {"CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "FORCE_CMAKE", "MAKEFLAGS", SOURCE_BUILD_ENV}
+)
 #: Env name prefixes whose value changes what a build produces (llama.cpp, CUDA, uv indexes).
 BUILD_ENV_PREFIXES = ("CMAKE_", "GGML_", "LLAMA_", "CUDA", "NVCC", "UV_INDEX", "UV_EXTRA_INDEX", "PIP_INDEX")
 _TAIL_LINES = 25
@@ -61,6 +72,34 @@ def requirements_of(pyproject: Mapping[str, Any], extra: str, *, source: str = "
             "fix the service's 'extra' in config/services.yaml"
         )
     return [*project.get("dependencies", []), *extras[extra]]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def source_builds(requirements: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """The requirements (as declared) of the packages ``env[SOURCE_BUILD_ENV]`` names."""
+    wanted = [_canonical(n) for n in re.split(r"[,\s]+", env.get(SOURCE_BUILD_ENV, "")) if n]
+    by_name: dict[str, str] = {}
+    for req in requirements:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+        if m:
+            by_name[_canonical(m.group(1))] = req.strip()
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+        raise VenvBuildError(
+            f"{SOURCE_BUILD_ENV} names {', '.join(missing)}, which the service's requirements do not "
+            f"include ({', '.join(sorted(by_name))}); fix the env in config/services.yaml"
+        )
+    return [by_name[n] for n in wanted]
+
+
+def source_build_cache(cache_root: Path, specs: Sequence[str], env: Mapping[str, str]) -> Path:
+    """uv cache for ``specs`` built with this build env: one folder per (requirements, flags)."""
+    doc = {"requirements": sorted(specs), "build_env": build_env(env)}
+    key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root / "wheels" / f"build-{key}"
 
 
 def requirements_hash(
@@ -187,11 +226,16 @@ class VenvBuilder:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
         env.update(config.env)
-        steps = [
-            [uv, "venv", "--python", self._python, str(venv)],
-            [uv, "pip", "install", "--python", str(venv / "bin" / "python"),
-             "-e", f"{self._paths.root}[{config.extra}]"],
-        ]
+        python = str(venv / "bin" / "python")
+        steps = [[uv, "venv", "--python", self._python, str(venv)]]
+        try:
+            specs = source_builds(self.requirements(config), config.env)
+        except VenvBuildError as e:
+            raise VenvBuildError(f"service {config.name!r}: {e}") from e
+        if specs:
+            cache = source_build_cache(self._paths.cache, specs, config.env)
+            steps.append([uv, "pip", "install", "--python", python, "--cache-dir", str(cache), "--no-deps", *specs])
+        steps.append([uv, "pip", "install", "--python", python, "-e", f"{self._paths.root}[{config.extra}]"])
         t0 = time.monotonic()
         with log_path.open("a", encoding="utf-8") as log:
             log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} building {venv}\n")
