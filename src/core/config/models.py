@@ -88,6 +88,7 @@ class ProfileServiceOverride(_Strict):
     """What a profile changes about a service; unset fields keep the services.yaml value."""
 
     enabled: bool | None = None
+    extra: str | None = Field(None, description="Another pyproject extra for this profile (e.g. llm-gpu for vLLM).")
     engine: str | None = None
     model: str | None = None
     device: Literal["cpu", "cuda"] | None = None
