@@ -312,3 +312,28 @@ def test_a_unary_handler_for_a_streaming_op_stops_the_service_at_startup(tmp_pat
         assert "its handler is a coroutine function" in log
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_service_killed_mid_stream_is_a_transport_error_not_a_restart(
+    tmp_path: Path, protocol: str
+) -> None:
+    proc = StreamServiceProcess(tmp_path, options={"interval_ms": INTERVAL_MS}).start()
+    try:
+        proc.wait_ready()
+        hub = make_hub(proc)
+        # gRPC through the default order (so a fallback would show), the others forced
+        stream = hub.stream(NAME, "Generate", generate("forever"), protocol=None if protocol == "grpc" else protocol)
+        await anext(stream)
+        assert proc.proc is not None
+        proc.proc.kill()
+        with pytest.raises(TransportError, match=r"broke after \d+ message\(s\); the stream is not restarted"):
+            async for _ in stream:
+                pass
+        for p in PROTOCOLS:
+            n = sample(hub, "ultravox_hub_calls_total", service=NAME, method="Generate", protocol=p,
+                       outcome="transport_error")
+            assert n == (1 if p == protocol else 0)
+        await hub.close()
+    finally:
+        proc.stop()
