@@ -1,0 +1,169 @@
+"""OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models`` on the service's HTTP port.
+
+They need the internal token like every call (``Authorization: Bearer <token>``, i.e. the
+OpenAI SDK's api_key, or ``X-Internal-Token``) and go through the runtime's dispatcher as
+Generate / ListModels, so they share metrics, limits, draining and cancellation. A streamed
+reply is Server-Sent Events (``data: {chunk}`` ... ``data: [DONE]``); the generation is
+cancelled when the client goes away. Errors use OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``, and a 429 carries Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import Message as ProtoMessage
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from core.errors import CallError, InvalidArgument, ResourceExhausted
+from services.llm.chat_body import parse_chat_body
+from services.runtime import HttpKit
+
+if TYPE_CHECKING:
+    from services.llm.service import LlmService
+
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+    429: "rate_limit_error", 503: "service_unavailable", 504: "timeout",
+}
+
+
+def openai_error(err: CallError, request_id: str = "") -> JSONResponse:
+    body = {"error": {"message": err.message, "type": ERROR_TYPES.get(err.http_status, "server_error"),
+                      "param": None, "code": err.code.lower()}}
+    headers = {"x-request-id": request_id} if request_id else {}
+    if isinstance(err, ResourceExhausted):
+        headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
+    return JSONResponse(body, status_code=err.http_status, headers=headers)
+
+
+class SseResponse(StreamingResponse):
+    """StreamingResponse that always closes its source, so a disconnect cancels the generation."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"cache-control": "no-cache", **headers})
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
+
+
+def _sse(payload: object) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage(u: Any) -> dict[str, int]:
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens}
+
+
+def openai_routes(kit: HttpKit, service: LlmService) -> list[BaseRoute]:
+    list_op = service.list_op
+
+    async def chat_completions(request: Request) -> Response:
+        call = kit.call_info(request, "Generate", "openai")
+        try:
+            kit.authenticate(request)
+            try:
+                raw = json.loads(await request.body() or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise InvalidArgument(f"the body is not valid JSON ({e}); send an OpenAI chat request") from e
+            body = parse_chat_body(raw, service.op.request)
+        except CallError as err:
+            kit.dispatcher.refuse(call, err)
+            return openai_error(err, call.request_id)
+        chunks = kit.stream(request, call, body.request)
+        try:
+            first = await anext(chunks)  # errors before the first token get their own status
+        except CallError as err:
+            await chunks.aclose()
+            return openai_error(err, call.request_id)
+        except StopAsyncIteration:
+            return openai_error(InvalidArgument("the generation produced nothing"), call.request_id)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": first.model}
+        headers = {"x-request-id": call.request_id}
+        if body.stream:
+            return SseResponse(_events(first, chunks, meta, body.include_usage), headers)
+        try:
+            return JSONResponse(await _complete(first, chunks, meta), headers=headers)
+        except CallError as err:
+            return openai_error(err, call.request_id)
+        finally:
+            await chunks.aclose()
+
+    async def models(request: Request) -> Response:
+        call = kit.call_info(request, "ListModels", "openai")
+        try:
+            kit.authenticate(request)
+        except CallError as err:
+            kit.dispatcher.refuse(call, err)
+            return openai_error(err, call.request_id)
+        try:
+            reply: Any = await kit.invoke(request, call, list_op.request())
+        except CallError as err:
+            return openai_error(err, call.request_id)
+        data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by,
+                 "context_length": m.context_length} for m in reply.models]
+        return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": call.request_id})
+
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]
+
+
+async def _complete(first: Any, chunks: AsyncIterator[ProtoMessage], meta: dict[str, Any]) -> dict[str, Any]:
+    text, last = [first.delta], first
+    async for chunk in chunks:
+        text.append(getattr(chunk, "delta", ""))
+        last = chunk
+    return {
+        **meta, "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                     "finish_reason": last.finish_reason or "stop", "logprobs": None}],
+        "usage": _usage(last.usage),
+        "ultravox": {"time_to_first_token_s": last.time_to_first_token_s, "tokens_per_s": last.tokens_per_s},
+    }
+
+
+async def _events(
+    first: Any, chunks: AsyncGenerator[ProtoMessage, None], meta: dict[str, Any], include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    base = {**meta, "object": "chat.completion.chunk"}
+
+    def event(delta: dict[str, str], finish: str | None = None, **extra: object) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _sse({**base, "choices": [choice], **extra})
+
+    try:
+        yield event({"role": "assistant", "content": ""})
+        chunk: Any = first
+        while True:
+            if chunk.finish_reason:
+                usage = _usage(chunk.usage)
+                yield event({}, chunk.finish_reason, usage=usage)
+                if include_usage:
+                    yield _sse({**base, "choices": [], "usage": usage})
+                break
+            if chunk.delta:
+                yield event({"content": chunk.delta})
+            nxt = await anext(chunks, None)
+            if nxt is None:
+                break
+            chunk = nxt
+        yield b"data: [DONE]\n\n"
+    except CallError as err:  # after the first token: the status is already 200
+        yield _sse({"error": {"message": err.message, "type": ERROR_TYPES.get(err.http_status, "server_error"),
+                              "code": err.code.lower()}})
+    finally:
+        await chunks.aclose()
