@@ -10,6 +10,7 @@ listed in ``LANGUAGES``, with its own accent.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ class KokoroEngine:
             import onnxruntime as ort  # noqa: PLC0415 - heavy; imported in the load thread
             from kokoro_onnx import Kokoro  # noqa: PLC0415
 
+            # phonemizer warns "words count mismatch" whenever punctuation is kept, i.e. on every call
+            logging.getLogger("phonemizer").setLevel(logging.ERROR)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.options.intra_op_threads
             opts.inter_op_num_threads = 1
