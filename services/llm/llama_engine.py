@@ -9,6 +9,7 @@ that counts sampled tokens and stops generation as soon as the call's cancel fla
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections.abc import AsyncGenerator, Sequence
@@ -22,6 +23,8 @@ from services.llm.engine import Finish, FinishReason, Message, ModelInfo, ModelL
 from services.llm.model_store import resolve_model
 from services.llm.options import LlmOptions
 from services.llm.streaming import Emit, stream_from_thread
+
+log = logging.getLogger("ultravox.llm.llama")
 
 
 class LlamaCppEngine:
@@ -150,6 +153,9 @@ class LlamaCppEngine:
         # stop string, or the one refused by the cancel), so it is not counted.
         steps = context - len(tokens) + 1 if context else 0
         completion = steps - 1 if reason != "length" and steps else steps
+        if reason == "cancelled":
+            log.info("generation cancelled", extra={"completion_tokens": completion,
+                                                    "max_tokens": sampling.max_tokens})
         return Finish(reason, len(tokens), completion)
 
     def close(self) -> None:

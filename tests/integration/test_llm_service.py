@@ -1,0 +1,414 @@
+"""The real LLM service subprocess (its own venv, llama.cpp, the embedded Qwen2.5-Coder-0.5B GGUF).
+
+One llama.cpp service serves the call tests, with ``max_queue: 1`` so overflow is easy to reach.
+It answers over gRPC (Generate stream), the runtime's HTTP frames, and OpenAI's API through the
+real ``openai`` SDK. A second service with engine ``openai`` proxies the first, which is the
+real local OpenAI-compatible server the remote engine is tested against (there is no internet).
+No assertion is on wall-clock speed; streaming order and cancellation are checked by content,
+token counts and the service's own log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import msgpack
+import openai
+import psutil
+import pytest
+
+from core.config import load_settings
+from core.context import GlobalContext, Paths, ProcessContext, ServiceContext
+from core.managers.supervisor import VenvBuilder
+from core.managers.supervisor.venv import source_build_cache, source_builds
+from core.wire import CONTROL_OPS, operation
+from tests.helpers.stt_process import ROOT, SERVING, eventually, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+GEN = operation("llm", "Generate")
+MODELS = operation("llm", "ListModels")
+RPC = "/rpc/ultravox.v1.LanguageModel"
+MODEL = "embedded:qwen2.5-coder-0.5b-instruct-q4_k_m"
+FRANCE = "What is the capital of France? Answer in one word."
+COUNT = "Count from 1 to 200, separated by commas. Do not stop early."
+Logs = Callable[[Callable[[], str]], None]
+
+
+@pytest.fixture(scope="session")
+def llm_python() -> str:
+    """Interpreter of the LLM service's own venv, as main builds it (``$UV_LLM_PYTHON`` overrides)."""
+    given = os.environ.get("UV_LLM_PYTHON")
+    if given:
+        return given
+    venv = asyncio.run(VenvBuilder(Paths.from_env()).ensure(load_settings(env={}).services["llm"]))
+    return str(venv / "bin" / "python")
+
+
+@dataclass
+class LlmProcess:
+    """``python -m services.llm`` launched the way main launches it, with clients for the tests."""
+
+    python: str
+    workdir: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"llm-{self.grpc_port}.log"
+        settings = load_settings(env={})
+        base = settings.services["llm"]
+        cfg = base.model_copy(update={"options": {**base.options, **self.options}, "enabled": True, **self.overrides})
+        settings = settings.model_copy(update={"services": {**settings.services, "llm": cfg}})
+        paths = Paths(root=ROOT, var=self.workdir / "var", cache=Paths.from_env().cache, venvs=ROOT / ".venvs")
+        self.ctx = ServiceContext(ProcessContext(global_=GlobalContext.create(settings, paths), name="llm"), cfg,
+                                  self.grpc_port, self.http_port, parent_pid=os.getpid())
+        self.token = self.ctx.token
+        self.metadata = [("x-internal-token", self.token)]
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=300,
+                                 headers={"x-internal-token": self.token})
+        self.openai = openai.OpenAI(base_url=f"http://127.0.0.1:{self.http_port}/v1", api_key=self.token,
+                                    max_retries=0, timeout=300)
+
+    def start(self) -> LlmProcess:
+        env = {**os.environ, **self.ctx.config.env, **self.ctx.launch_env(), "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([self.python, "-m", "services.llm"], env=env, cwd=ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        return self
+
+    def health(self) -> int | None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return None
+        return int(reply.status)
+
+    def wait_serving(self, timeout: float = 600) -> LlmProcess:
+        eventually(lambda: self.health() == SERVING, timeout, "LLM gRPC health SERVING", self)  # type: ignore[arg-type]
+        return self
+
+    def call(self, method: str, request: Any) -> Any:
+        op = CONTROL_OPS.get(method) or operation("llm", method)
+        stub = self.channel.unary_unary(op.grpc_path, request_serializer=op.request.SerializeToString,
+                                        response_deserializer=op.response.FromString)
+        return stub(request, metadata=self.metadata, timeout=300)
+
+    def generate(self, text: str = FRANCE, timeout: float = 300, **fields: Any) -> Any:
+        """A gRPC Generate stream (iterate it; ``cancel()`` cancels the call)."""
+        stub = self.channel.unary_stream(GEN.grpc_path, request_serializer=GEN.request.SerializeToString,
+                                         response_deserializer=GEN.response.FromString)
+        req = GEN.request(messages=[{"role": "user", "content": text}], **fields)
+        return stub(req, metadata=self.metadata, timeout=timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        want = ",".join(f'{k}="{v}"' for k, v in sorted({"service": "llm", **labels}.items()))
+        for line in self.http.get("/metrics").text.splitlines():
+            if line.startswith(f"{name}{{{want}}} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+
+    def log_events(self, message: str) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            if message in line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return [e for e in out if e.get("msg", e.get("message")) == message]
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        self.channel.close()
+        self.http.close()
+        self.openai.close()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def shared(llm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmProcess]:
+    proc = LlmProcess(llm_python, tmp_path_factory.mktemp("llm"), options={"max_queue": 1}).start()
+    try:
+        proc.wait_serving()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def llm(shared: LlmProcess, service_logs: Logs) -> LlmProcess:
+    service_logs(shared.log_text)
+    return shared
+
+
+def drain(stream: Any) -> tuple[str, Any]:
+    chunks = list(stream)
+    assert chunks and chunks[-1].finish_reason, "the stream must end with a finish chunk"
+    assert all(not c.finish_reason for c in chunks[:-1])
+    return "".join(c.delta for c in chunks), chunks[-1]
+
+
+def test_llama_build_is_the_portable_one_from_the_keyed_cache(llm_python: str) -> None:
+    """Regression guard: a -march=native (AMX) llama.cpp segfaults on any prompt over one token."""
+    cfg = load_settings(env={}).services["llm"]
+    assert "-DGGML_NATIVE=OFF" in cfg.env["CMAKE_ARGS"]
+    specs = source_builds(VenvBuilder(Paths.from_env()).requirements(cfg), cfg.env)
+    assert specs == ["llama-cpp-python==0.3.36"]
+    cache = source_build_cache(Paths.from_env().cache, specs, cfg.env)
+    assert any(cache.glob("sdists-v*/pypi/llama-cpp-python/0.3.36/*")), f"no build of llama-cpp-python in {cache}"
+    code = ("from llama_cpp import Llama; from llama_cpp.llama_chat_format import Jinja2ChatFormatter; "
+            "print('ok')")
+    out = subprocess.run([llm_python, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_info_models_and_load(llm: LlmProcess) -> None:
+    info = llm.call("Info", CONTROL_OPS["Info"].request())
+    assert info.ready and info.role == "llm" and info.engine == "llama.cpp" and info.model == MODEL
+    assert info.details["model_path"].endswith("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    assert info.details["max_queue"] == "1" and info.details["n_ctx"] == "4096"
+    card = llm.call("ListModels", MODELS.request()).models[0]
+    assert (card.id, card.engine, card.context_length, card.owned_by) == (MODEL, "llama.cpp", 4096, "llama.cpp")
+    ready = llm.http.get("/readyz").json()
+    print(f"\nLLM load_time_s={ready['load_time_s']:.2f} rss_mb={llm.rss_mb():.0f}")
+
+
+def test_capital_of_france_over_grpc(llm: LlmProcess) -> None:
+    text, last = drain(llm.generate(temperature=0.0))
+    assert "paris" in text.lower()
+    assert last.finish_reason == "stop" and last.model == MODEL
+    u = last.usage
+    assert u.prompt_tokens > 10 and 1 <= u.completion_tokens < 20
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert last.time_to_first_token_s > 0
+    print(f"\nFrance: {text!r} ttft={last.time_to_first_token_s:.3f}s usage={u.prompt_tokens}/{u.completion_tokens}")
+
+
+def test_stream_arrives_in_order_and_matches_the_non_streamed_reply(llm: LlmProcess) -> None:
+    ask = "Name the four seasons of the year, in order, separated by commas."
+    chunks = list(llm.generate(ask, temperature=0.0, max_tokens=40))
+    pieces = [c.delta for c in chunks[:-1]]
+    last = chunks[-1]
+    assert len(pieces) >= 5 and all(pieces), "one chunk per token, none empty"
+    streamed = "".join(pieces)
+    for season in ("spring", "summer", "autumn", "winter"):
+        assert season in streamed.lower() or (season == "autumn" and "fall" in streamed.lower())
+    # Same prompt, greedy, through OpenAI's non-streamed route: the same text, the same counts.
+    reply = llm.openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": ask}],
+                                               temperature=0, max_tokens=40)
+    assert reply.choices[0].message.content == streamed
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (
+        last.usage.prompt_tokens, last.usage.completion_tokens)
+    assert last.tokens_per_s > 0
+    print(f"\nseasons: ttft={last.time_to_first_token_s:.3f}s {last.tokens_per_s:.1f} tok/s "
+          f"{last.usage.completion_tokens} tokens")
+
+
+def test_max_tokens_cut_is_length_with_exact_count(llm: LlmProcess) -> None:
+    text, last = drain(llm.generate(COUNT, temperature=0.0, max_tokens=7))
+    assert last.finish_reason == "length" and last.usage.completion_tokens == 7
+    assert text.startswith("1")
+
+
+def test_cancel_mid_stream_stops_the_engine_and_frees_the_slot(llm: LlmProcess) -> None:
+    cancelled_before = llm.metric("uv_llm_generations_total", finish_reason="cancelled")
+    seen_before = len(llm.log_events("generation cancelled"))
+    stream = llm.generate(COUNT, temperature=0.0, max_tokens=256)
+    got = [next(stream).delta for _ in range(4)]
+    assert "".join(got).startswith("1")
+    stream.cancel()
+    with pytest.raises(grpc.RpcError) as ei:
+        list(stream)
+    assert ei.value.code() == grpc.StatusCode.CANCELLED
+    # The slot is free: the next request is admitted (max_queue is 1, so a stuck slot would
+    # queue it behind ~250 more tokens) and completes.
+    text, last = drain(llm.generate(temperature=0.0))
+    assert "paris" in text.lower() and last.finish_reason == "stop"
+    eventually(lambda: len(llm.log_events("generation cancelled")) > seen_before, 30, "the engine's cancel log")
+    event = llm.log_events("generation cancelled")[-1]
+    assert 4 <= event["completion_tokens"] <= 4 + 12, event  # stopped within a few tokens, not at 256
+    assert llm.metric("uv_llm_generations_total", finish_reason="cancelled") == cancelled_before + 1
+    assert llm.metric("uv_llm_generations_running") == 0
+
+
+def test_queue_overflow_is_429_with_retry_after_on_every_protocol(llm: LlmProcess) -> None:
+    running = llm.generate(COUNT, temperature=0.0, max_tokens=256)
+    next(running)  # it holds the slot now
+    waiting = llm.generate(COUNT, temperature=0.0, max_tokens=256)
+    first_of_waiting: list[Any] = []
+    t = threading.Thread(target=lambda: first_of_waiting.append(next(waiting)), daemon=True)
+    t.start()
+    try:
+        eventually(lambda: llm.metric("uv_llm_queue_depth") == 1, 30, "one request waiting")
+        with pytest.raises(grpc.RpcError) as ei:
+            list(llm.generate())
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue = 1" in (ei.value.details() or "")
+        r = llm.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        r = llm.http.post(f"{RPC}/Generate", content=msgpack.packb({"messages": [{"role": "user", "content": "hi"}]}),
+                          headers={"content-type": "application/msgpack"})
+        assert r.status_code == 429 and msgpack.unpackb(r.content)["error"]["code"] == "RESOURCE_EXHAUSTED"
+        with pytest.raises(openai.RateLimitError):
+            llm.openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    finally:
+        running.cancel()
+        t.join(120)
+        waiting.cancel()
+    assert first_of_waiting, "the waiting request got the slot once the running one was cancelled"
+    eventually(lambda: llm.metric("uv_llm_generations_running") == 0 and llm.metric("uv_llm_queue_depth") == 0,
+               60, "slots released")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"messages": []}, "messages is empty"),
+        ({"messages": [{"role": "narrator", "content": "x"}]}, "messages[0].role is 'narrator'"),
+        ({"messages": [{"role": "user", "content": "   "}]}, "every message's content is empty"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100_000}, "max_tokens 100000 is more"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature must be between 0 and 2"),
+    ],
+)
+def test_malformed_message_lists_get_clear_errors_and_the_service_keeps_serving(
+    llm: LlmProcess, body: dict[str, Any], reason: str
+) -> None:
+    stub = llm.channel.unary_stream(GEN.grpc_path, request_serializer=GEN.request.SerializeToString,
+                                    response_deserializer=GEN.response.FromString)
+    with pytest.raises(grpc.RpcError) as ei:
+        list(stub(GEN.request(**body), metadata=llm.metadata, timeout=60))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in (ei.value.details() or "")
+    r = llm.http.post(f"{RPC}/Generate", json=body)
+    assert r.status_code == 400 and reason in r.json()["error"]["message"]
+    r = llm.http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and reason in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert llm.health() == SERVING
+
+
+def test_non_string_content_over_json_and_openai(llm: LlmProcess) -> None:
+    r = llm.http.post(f"{RPC}/Generate", json={"messages": [{"role": "user", "content": 42}]})
+    assert r.status_code == 400, r.text
+    r = llm.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": {"text": "x"}}]})
+    assert r.status_code == 400 and "messages[0].content must be a string" in r.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="messages is empty"):
+        llm.openai.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_openai_sdk_chat_streamed_and_not_and_models(llm: LlmProcess) -> None:
+    models = llm.openai.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    messages: Any = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": FRANCE}]
+    reply = llm.openai.chat.completions.create(model=MODEL, messages=messages, temperature=0)
+    assert "paris" in (reply.choices[0].message.content or "").lower()
+    assert reply.choices[0].finish_reason == "stop" and reply.usage is not None and reply.usage.total_tokens > 0
+    stream = llm.openai.chat.completions.create(model=MODEL, messages=messages, temperature=0, stream=True,
+                                                stream_options={"include_usage": True})
+    pieces, usage, finish = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == reply.choices[0].message.content and finish == "stop"
+    assert usage is not None and usage.completion_tokens == reply.usage.completion_tokens
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"http://127.0.0.1:{llm.http_port}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_metrics_are_exported(llm: LlmProcess) -> None:
+    text = llm.http.get("/metrics").text
+    for name in ("uv_llm_prompt_tokens_total", "uv_llm_completion_tokens_total",
+                 "uv_llm_time_to_first_token_seconds_bucket", "uv_llm_tokens_per_second_bucket",
+                 "uv_llm_queue_depth", "uv_llm_generations_total"):
+        assert name in text
+    assert llm.metric("uv_llm_completion_tokens_total") > 0
+
+
+def test_openai_engine_proxies_the_llama_service(
+    llm: LlmProcess, llm_python: str, tmp_path: Path, service_logs: Logs
+) -> None:
+    proxy = LlmProcess(
+        llm_python, tmp_path / "proxy",
+        options={"base_url": f"http://127.0.0.1:{llm.http_port}/v1", "api_key_env": "UPSTREAM_LLM_KEY",
+                 "max_concurrency": 4},
+        overrides={"engine": "openai", "model": MODEL, "env": {"UPSTREAM_LLM_KEY": llm.token}},
+    )
+    service_logs(proxy.log_text)
+    proxy.start()
+    try:
+        proxy.wait_serving(120)
+        card = proxy.call("ListModels", MODELS.request()).models[0]
+        assert (card.id, card.engine, card.owned_by) == (MODEL, "openai", "openai-compatible")
+        text, last = drain(proxy.generate(temperature=0.0))
+        direct_text, direct = drain(llm.generate(temperature=0.0))
+        assert "paris" in text.lower() and text == direct_text
+        assert last.finish_reason == "stop" and last.usage.prompt_tokens == direct.usage.prompt_tokens
+        assert last.usage.completion_tokens == direct.usage.completion_tokens
+        reply = proxy.openai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": FRANCE}],
+                                                     temperature=0)
+        assert "paris" in (reply.choices[0].message.content or "").lower()
+        # A cancel through the proxy reaches the llama.cpp service, which stops generating.
+        seen = len(llm.log_events("generation cancelled"))
+        stream = proxy.generate(COUNT, temperature=0.0, max_tokens=256)
+        next(stream), next(stream), next(stream)
+        stream.cancel()
+        eventually(lambda: len(llm.log_events("generation cancelled")) > seen, 60, "the upstream's cancel")
+        assert llm.log_events("generation cancelled")[-1]["completion_tokens"] < 60
+        # Upstream refusals come back as the same kind of error.
+        with pytest.raises(grpc.RpcError) as ei:
+            list(proxy.generate("x", max_tokens=100_000))
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert llm.token not in proxy.log_text()  # the key is never logged
+    finally:
+        proxy.stop()
+
+
+def test_unreachable_upstream_fails_startup_with_a_clear_reason(llm_python: str, tmp_path: Path) -> None:
+    proxy = LlmProcess(llm_python, tmp_path / "bad", options={"base_url": f"http://127.0.0.1:{free_port()}/v1"},
+                       overrides={"engine": "openai", "model": "m"}).start()
+    try:
+        assert proxy.proc is not None
+        rc = proxy.proc.wait(120)
+        assert rc != 0
+        log = proxy.log_text()
+        assert "services.llm.model" in log and "cannot reach" in log
+    finally:
+        proxy.stop()
