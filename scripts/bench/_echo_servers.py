@@ -1,8 +1,10 @@
 """In-process Control.Echo servers that honour the service wire contract, for the hub's tests and benchmark.
 
-* :class:`EchoGrpcServer`: a ``grpc.aio`` server with generic handlers for ``ultravox.v1.Control/Echo``;
+* :class:`EchoGrpcServer`: a ``grpc.aio`` server with generic handlers for ``ultravox.v1.Control/Echo``
+  and the server stream ``Control/EchoRepeat``;
 * :class:`EchoHttpServer`: a bare ASGI app under uvicorn serving ``POST /rpc/ultravox.v1.Control/Echo``
-  with msgpack or JSON bodies (chosen by Content-Type) and ``{"error": {...}}`` bodies on failure;
+  with msgpack or JSON bodies (chosen by Content-Type) and ``{"error": {...}}`` bodies on failure, and
+  ``Control/EchoRepeat`` as stream frames (msgpack maps or NDJSON, ``core.wire.frames``);
 * :class:`TcpEchoServer` / :class:`TcpEchoClient`: length-prefixed raw TCP echo, the latency floor.
 
 Both RPC servers check the ``x-internal-token`` and count the calls they handle per protocol in a shared
@@ -34,8 +36,10 @@ from google.protobuf.message import Message
 
 from core.errors import InvalidArgument
 from core.wire import CONTROL_OPS, from_json, from_msgpack, to_json, to_msgpack
+from core.wire.frames import NDJSON_TYPE, FrameFormat, data_frame
 
 ECHO = CONTROL_OPS["Echo"]
+REPEAT = CONTROL_OPS["EchoRepeat"]
 HOST = "127.0.0.1"
 
 Scope = MutableMapping[str, Any]
@@ -96,6 +100,15 @@ class EchoGrpcServer:
             await context.abort(hook[0], f"test hook {payload[:16]!r}")
         return ECHO.response(payload=payload)
 
+    async def _repeat(self, request: Message, context: grpc.aio.ServicerContext) -> None:
+        md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        self.counts.hit("grpc", md)
+        if md.get("x-internal-token") != self.token:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-internal-token")
+        reply = ECHO.response(payload=getattr(request, "payload", b""))
+        for _ in range(getattr(request, "count", 0)):
+            await context.write(reply)
+
     async def start(self) -> int:
         server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),
@@ -108,7 +121,11 @@ class EchoGrpcServer:
             self._echo, request_deserializer=ECHO.request.FromString,
             response_serializer=ECHO.response.SerializeToString,
         )
-        generic = grpc.method_handlers_generic_handler(ECHO.grpc_service, {"Echo": handler})
+        repeat = grpc.unary_stream_rpc_method_handler(
+            self._repeat, request_deserializer=REPEAT.request.FromString,
+            response_serializer=REPEAT.response.SerializeToString,
+        )
+        generic = grpc.method_handlers_generic_handler(ECHO.grpc_service, {"Echo": handler, "EchoRepeat": repeat})
         server.add_generic_rpc_handlers((generic,))
         self.port = server.add_insecure_port(f"{HOST}:{self.port}")
         await server.start()
@@ -167,6 +184,8 @@ class EchoHttpServer:
         if headers.get("x-internal-token") != self.token:
             bad = ("UNAUTHENTICATED", "missing or wrong x-internal-token")
             return await self._reply(send, codec, 401, error=bad)
+        if scope["method"] == "POST" and scope["path"] == REPEAT.http_path:
+            return await self._repeat(send, codec, body)
         if scope["method"] != "POST" or scope["path"] != ECHO.http_path:
             return await self._reply(send, codec, 404, error=("NOT_FOUND", f"no route {scope['path']}"))
         try:
@@ -179,6 +198,20 @@ class EchoHttpServer:
             bad = (hook[0].name, f"test hook {payload[:16]!r}")
             return await self._reply(send, codec, hook[1], error=bad)
         await self._reply(send, codec, 200, body=codec.encode(ECHO.response(payload=payload)))
+
+    @staticmethod
+    async def _repeat(send: Send, codec: _Codec, body: bytes) -> None:
+        try:
+            req = codec.decode(REPEAT.request, body)
+        except InvalidArgument as e:
+            return await EchoHttpServer._reply(send, codec, 400, error=("INVALID_ARGUMENT", e.message))
+        fmt: FrameFormat = "msgpack" if codec.name == "msgpack" else "json"
+        ctype = "application/msgpack" if fmt == "msgpack" else NDJSON_TYPE
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype.encode())]})
+        frame = data_frame(ECHO.response(payload=getattr(req, "payload", b"")), fmt)
+        for _ in range(getattr(req, "count", 0)):
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
     async def _reply(

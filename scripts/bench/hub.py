@@ -11,7 +11,9 @@ For each payload size (100 B, 32 KB, 240 KB by default) it measures the median a
 * the same calls made directly, with a bare ``grpc.aio`` channel or a bare ``httpx`` client,
   interleaved call by call with the hub's so both see the same machine state. The hub's
   overhead is the difference of the two medians;
-* the hub's pure in-process cost: ``call`` over an in-memory transport vs that transport alone.
+* the hub's pure in-process cost: ``call`` over an in-memory transport vs that transport alone;
+* streams: Control.EchoRepeat (100 x 4 KB by default) through ``hub.stream()`` per protocol, time
+  to the first message and to the end (``_stream_rows.py``; ``--stream-count 0`` skips them).
 
 The servers (the floor always; with ``--self-serve`` the gRPC and HTTP echo servers too) run in a
 subprocess (scripts/bench/_echo_servers.py), as a real service would. It prints a table with the
@@ -49,6 +51,7 @@ from core.managers.endpoint import Endpoint
 from core.managers.hub import CommunicationManager, UnaryCall
 from core.wire import CONTROL_OPS, from_json, from_msgpack, to_json, to_msgpack
 from scripts.bench._echo_servers import TcpEchoClient  # the repo root is on sys.path (editable install)
+from scripts.bench._stream_rows import print_stream_rows, stream_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_SERVERS = Path(__file__).resolve().with_name("_echo_servers.py")
@@ -252,13 +255,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     file=sys.stderr,
                 )
         null = await null_overhead(args.iterations * 4, args.warmup)
+        streams = []
+        if args.stream_count:
+            streams = await stream_rows(hub, "bench", count=args.stream_count, size=args.stream_size,
+                                        iterations=max(10, args.iterations // 10), warmup=max(2, args.warmup // 10))
     finally:
         await tcp.close()
         await direct.close()
         await hub.close()
         for p in procs:
             await stop_servers(p)
-    return report(args, ep, results, null)
+    rep = report(args, ep, results, null)
+    rep["streams"] = streams
+    return rep
 
 
 async def null_overhead(iterations: int, warmup: int) -> dict[str, float]:
@@ -415,6 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 32 * 1024, 240 * 1024]
     )
+    ap.add_argument("--stream-count", type=int, default=100, help="messages per EchoRepeat stream (0: skip)")
+    ap.add_argument("--stream-size", type=int, default=4096, help="bytes per streamed message")
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "hub.json")
     args = ap.parse_args(argv)
     if not args.self_serve and not (args.grpc and args.http and args.token):
@@ -426,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rep = asyncio.run(run(args))
     print_table(rep)
+    print_stream_rows(rep.get("streams", []))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rep, indent=2))
     print(f"\nwrote {args.out}")

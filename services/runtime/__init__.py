@@ -2,13 +2,17 @@
 
 A service declares handlers for its role's operations (``core.wire.catalog``) and how to load
 its model; the runtime does the rest: generic gRPC handlers and HTTP routes (msgpack or JSON)
-for every operation, Control (Echo, Info), grpc.health.v1 plus /livez /readyz, /metrics, the
-internal token, error mapping, JSON logs, graceful drain on SIGTERM and the parent watchdog::
+for every operation, unary and streaming (HTTP streams as frames, see docs/wire.md), Control
+(Echo, Info, EchoRepeat, EchoStream), grpc.health.v1 plus /livez /readyz, /metrics, the
+internal token, error mapping, cancellation when a client goes away, JSON logs, graceful drain
+on SIGTERM and the parent watchdog::
 
     class MyService:
         role = "stt"
-        def handlers(self): return {"Transcribe": self.transcribe}
-        async def transcribe(self, req, call: CallInfo): ...
+        def handlers(self): return {"Transcribe": self.transcribe, "StreamingRecognize": self.recognize, ...}
+        async def transcribe(self, req, call: CallInfo): ...              # unary: return the response
+        async def recognize(self, reqs, call: CallInfo):                  # bidi: an async generator
+            async for req in reqs: yield ...
         def load(self): ...                      # blocking, in a worker thread
         def describe(self): return ModelDescription(engine=..., model=..., device=...)
         def http_routes(self, kit: HttpKit): return []
@@ -18,7 +22,17 @@ internal token, error mapping, JSON logs, graceful drain on SIGTERM and the pare
     raise SystemExit(service_main("stt", MyService))   # MyService(ctx: ServiceContext)
 """
 
-from services.runtime.api import CallInfo, Handler, ModelDescription, ModelService, ServiceFactory, Transport
+from services.runtime.api import (
+    BidiHandler,
+    CallInfo,
+    Handler,
+    ModelDescription,
+    ModelService,
+    ServerStreamHandler,
+    ServiceFactory,
+    Transport,
+    UnaryHandler,
+)
 from services.runtime.entry import service_main
 from services.runtime.http_app import JSON_TYPE, MSGPACK_TYPES, HttpKit
 from services.runtime.lifecycle import EXIT_CRASH, EXIT_OK, EXIT_ORPHANED, EXIT_STARTUP, EXIT_USAGE
@@ -32,13 +46,16 @@ __all__ = [
     "EXIT_USAGE",
     "JSON_TYPE",
     "MSGPACK_TYPES",
+    "BidiHandler",
     "CallInfo",
     "Handler",
     "HttpKit",
     "ModelDescription",
     "ModelService",
     "RequestTooLarge",
+    "ServerStreamHandler",
     "ServiceFactory",
     "Transport",
+    "UnaryHandler",
     "service_main",
 ]
