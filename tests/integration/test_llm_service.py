@@ -33,6 +33,7 @@ from core.context import GlobalContext, Paths, ProcessContext, ServiceContext
 from core.managers.supervisor import VenvBuilder
 from core.managers.supervisor.venv import source_build_cache, source_builds
 from core.wire import CONTROL_OPS, operation
+from services.runtime import EXIT_STARTUP
 from tests.helpers.stt_process import ROOT, SERVING, eventually, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -412,3 +413,23 @@ def test_unreachable_upstream_fails_startup_with_a_clear_reason(llm_python: str,
         assert "services.llm.model" in log and "cannot reach" in log
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "a hub id needs internet"),  # no internet here: a clear error
+        ("/nonexistent/model.gguf", "neither an existing .gguf file nor a hub id"),
+    ],
+)
+def test_unusable_models_fail_startup_with_a_clear_reason(
+    llm_python: str, tmp_path: Path, model: str, reason: str
+) -> None:
+    bad = LlmProcess(llm_python, tmp_path / "bad", overrides={"model": model}).start()
+    try:
+        assert bad.proc is not None
+        assert bad.proc.wait(300) == EXIT_STARTUP
+        log = bad.log_text()
+        assert "services.llm.model" in log and reason in log
+    finally:
+        bad.stop()
