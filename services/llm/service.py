@@ -4,11 +4,14 @@ One engine serves every call. Generate validates the request, waits for a slot i
 line (RESOURCE_EXHAUSTED past ``max_queue``), streams one GenerateChunk per text piece, and
 ends with a chunk that carries finish_reason, usage, time to first token and decode speed.
 When the client cancels, the runtime cancels this generator: the engine's cancel flag is set
-in ``finally`` and the slot is released only once the engine has stopped.
+in ``finally`` and the slot is released only once the engine has stopped. A prompt that cannot
+fit the context is refused before queueing. ``GenerateRequest.model`` is not checked: one model
+is served, and every chunk names it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -16,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from core.context import ServiceContext
-from core.errors import ConfigError, ServiceFailed
+from core.errors import ConfigError, InvalidArgument, ServiceFailed
 from core.wire import operation
 from services.llm.admission import Admission
 from services.llm.engine import EngineFactory, Finish, LlmEngine, ModelInfo, ModelLoadError
@@ -112,9 +115,20 @@ class LlmService:
     async def generate(self, req: GenerateRequest, call: CallInfo) -> AsyncIterator[GenerateChunk]:
         started = time.perf_counter()
         prompt = from_request(req, self.options)
+        await self.check_fits(prompt)
         async with contextlib.aclosing(self.run(prompt, started)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def check_fits(self, prompt: Prompt) -> None:
+        """Refuse a prompt longer than the context now, rather than after a wait in the queue."""
+        n = await asyncio.to_thread(self.engine.count_tokens, prompt.messages)  # tokenizer: read-only
+        limit = self.engine.info().context_length
+        if n is not None and limit and n >= limit:
+            raise InvalidArgument(
+                f"the prompt is {n} tokens, which does not fit this model's context of {limit} tokens "
+                "(prompt and reply together); shorten the conversation"
+            )
 
     async def run(self, prompt: Prompt, started: float) -> AsyncGenerator[GenerateChunk, None]:
         """Stream ``prompt``'s reply as GenerateChunks (shared by Generate and the OpenAI route)."""

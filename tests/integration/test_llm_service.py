@@ -332,6 +332,14 @@ def test_non_string_content_over_json_and_openai(llm: LlmProcess) -> None:
         llm.openai.chat.completions.create(model=MODEL, messages=[])
 
 
+def test_a_prompt_over_the_context_is_refused_with_its_token_count(llm: LlmProcess) -> None:
+    with pytest.raises(grpc.RpcError) as ei:
+        list(llm.generate("word " * 5000))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not fit this model's context of 4096 tokens" in (ei.value.details() or "")
+    assert llm.health() == SERVING
+
+
 def test_openai_sdk_chat_streamed_and_not_and_models(llm: LlmProcess) -> None:
     models = llm.openai.models.list()
     assert [m.id for m in models.data] == [MODEL]

@@ -146,3 +146,14 @@ def test_engine_load_failure_becomes_a_config_error(tmp_path: Path) -> None:
         svc.load()
     with contextlib.suppress(Exception):
         svc.close()
+
+
+async def test_a_prompt_longer_than_the_context_is_refused_before_queueing(tmp_path: Path) -> None:
+    svc, engine = make_service(tmp_path, max_queue=0)
+    engine.gate = asyncio.Event()
+    busy = asyncio.create_task(collect(svc, ask(svc)))
+    await engine.started.wait()
+    with pytest.raises(InvalidArgument, match=r"the prompt is 2100 tokens.*context of 2048 tokens"):
+        await anext(svc.generate(ask(svc, "word " * 2100), CALL))  # 400, not 429: it would never fit
+    engine.gate.set()
+    await busy
