@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -49,17 +47,16 @@ from core.context import ProcessContext
 from core.errors import (
     CallError,
     CircuitOpen,
-    DeadlineExceeded,
     InvalidArgument,
     NotFound,
     RequestRejected,
     ServiceUnavailable,
-    TransportError,
 )
 from core.managers.endpoint import Endpoint, EndpointResolver
 from core.managers.hub.breaker import BreakerState, CircuitBreaker
 from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics
 from core.managers.hub.retry import RetryPolicy
+from core.managers.hub.rounds import CallPlan, Rounds
 from core.managers.hub.streaming import StreamOpener, relay
 from core.managers.hub.transports import (
     GrpcTransport,
@@ -75,23 +72,6 @@ DEFAULT_TRANSPORT_DOWN_S = 1.0
 DEFAULT_STREAM_DEADLINE_S = 300.0
 
 
-T = TypeVar("T")
-Attempt = Callable[[str, Endpoint, Metadata, bool], Awaitable[T]]
-"""One try over one transport: (protocol, endpoint, metadata, fail_fast) -> result."""
-
-
-@dataclass(slots=True)
-class _Call:
-    """What every round of one call needs; ``endpoint`` is refreshed before each retry."""
-
-    endpoint: Endpoint
-    op: Operation
-    order: tuple[str, ...]
-    forced: bool
-    deadline: float
-    caller: Metadata
-
-
 def default_transports(config: HubConfig) -> dict[str, Transport]:
     """The real transports; msgpack and JSON share one HTTP client per service."""
     pool = HttpClientPool()
@@ -103,10 +83,6 @@ def default_transports(config: HubConfig) -> dict[str, Transport]:
 def _is_breaker_failure(err: CallError) -> bool:
     """Transient failures count against the breaker; an answer from the service (even a no) does not."""
     return err.transient and not isinstance(err, RequestRejected)
-
-
-def _is_retryable(err: CallError) -> bool:
-    return isinstance(err, TransportError | ServiceUnavailable) and not isinstance(err, CircuitOpen)
 
 
 class CommunicationManager:
@@ -137,15 +113,18 @@ class CommunicationManager:
                 f"no transport for any protocol in hub.protocols {list(self.config.protocols)}; "
                 f"transports given: {sorted(self._transports)}"
             )
-        self._transport_down_s = transport_down_s
         self._stream_deadline_s = stream_deadline_s
         self._clock = clock
-        self._retry = RetryPolicy(
-            self.config.max_retries, self.config.retry_base_s, self.config.retry_cap_s, rng or random.Random()
-        )
         self.metrics = HubMetrics(ctx.registry)
+        self.rounds = Rounds(
+            self._transports,
+            retry=RetryPolicy(
+                self.config.max_retries, self.config.retry_base_s, self.config.retry_cap_s, rng or random.Random()
+            ),
+            metrics=self.metrics, resolve=self._endpoint, connect_timeout_s=self.config.connect_timeout_s,
+            transport_down_s=transport_down_s, clock=clock, log=ctx.log,
+        )
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._down: dict[tuple[str, str], float] = {}
         self._ops: dict[tuple[str, str], Operation] = {}
         self._closed = False
 
@@ -179,10 +158,10 @@ class CommunicationManager:
 
         async def attempt(name: str, ep: Endpoint, md: Metadata, fail_fast: bool) -> Message:
             call = UnaryCall(ep, c.op, request, c.deadline, md, self.config.connect_timeout_s, fail_fast)
-            return await self._attempt(name, call)
+            return await self.rounds.unary(name, call)
 
         try:
-            response = await self._rounds(c, attempt)
+            response = await self.rounds.run(c, attempt)
         except CallError as e:
             if _is_breaker_failure(e):
                 breaker.failure()
@@ -217,10 +196,10 @@ class CommunicationManager:
         remote call. Raises the same errors as :meth:`call`.
         """
         c = self._prepare(service, method, protocol, deadline_s, metadata, self._stream_deadline_s)
-        opener = StreamOpener.for_payload(self, c.op, payload, service, method)
+        opener = StreamOpener.for_payload(self.rounds, c.op, payload, service, method)
         breaker = self._acquire(service, method)
         try:
-            opened = await self._rounds(c, opener.attempt(c.deadline))
+            opened = await self.rounds.run(c, opener.attempt(c.deadline))
         except CallError as e:
             await opener.close()
             if _is_breaker_failure(e):
@@ -234,7 +213,7 @@ class CommunicationManager:
             raise
         breaker.success()
         # aclosing: an ``async for`` does not close the generator it reads when it is itself closed
-        async with contextlib.aclosing(relay(self, opener, opened, breaker, c.deadline)) as messages:
+        async with contextlib.aclosing(relay(opener, opened, breaker, c.deadline)) as messages:
             async for msg in messages:
                 yield msg
 
@@ -245,7 +224,6 @@ class CommunicationManager:
 
     def snapshot(self) -> dict[str, Any]:
         """Per service: breaker state, protocols now skipped, counts per protocol and outcome."""
-        now = self._clock()
         services = set(self._breakers) | set(self.metrics.stats)
         out: dict[str, Any] = {}
         for svc in sorted(services):
@@ -253,7 +231,7 @@ class CommunicationManager:
             out[svc] = {
                 "breaker": self.breaker_state(svc),
                 "consecutive_failures": b.consecutive_failures if b is not None else 0,
-                "down": [p for p in self._order if self._down.get((svc, p), 0.0) > now],
+                "down": self.rounds.down(svc, self._order),
                 **self.metrics.stats[svc].to_dict(),
             }
         return out
@@ -284,7 +262,7 @@ class CommunicationManager:
     def _prepare(
         self, service: str, method: str, protocol: str | None, deadline_s: float | None,
         metadata: Mapping[str, str] | None, default_deadline_s: float,
-    ) -> _Call:
+    ) -> CallPlan:
         """Resolve everything a call needs before any I/O; bad names and deadlines fail here."""
         if self._closed:
             raise ServiceUnavailable("the hub is closed", service=service, method=method)
@@ -295,7 +273,7 @@ class CommunicationManager:
         if not timeout > 0:
             raise InvalidArgument(f"deadline_s must be > 0, got {deadline_s}", service=service, method=method)
         deadline = asyncio.get_running_loop().time() + timeout
-        return _Call(endpoint, op, order, protocol is not None, deadline, _caller_metadata(metadata))
+        return CallPlan(endpoint, op, order, protocol is not None, deadline, _caller_metadata(metadata))
 
     def _acquire(self, service: str, method: str) -> CircuitBreaker:
         breaker = self._breaker(service)
@@ -306,91 +284,6 @@ class CommunicationManager:
             self.metrics.attempt(service, method, NO_PROTOCOL, e, 0.0)
             raise
         return breaker
-
-    async def _rounds(self, c: _Call, attempt: Attempt[T]) -> T:
-        service, op, loop = c.endpoint.name, c.op, asyncio.get_running_loop()
-        last: CallError | None = None
-        for rnd in range(self._retry.max_retries + 1):
-            if rnd:
-                delay = self._retry.delay(rnd - 1)
-                if loop.time() + delay >= c.deadline:
-                    raise DeadlineExceeded(
-                        f"{service}.{op.name}: the deadline leaves no time for retry {rnd}; "
-                        f"last error: {last}", service=service, method=op.name,
-                    ) from last
-                self.metrics.retry(service)
-                await asyncio.sleep(delay)
-                c.endpoint = self._endpoint(service)  # a restarted service may have new ports
-            try:
-                return await self._round(c, attempt)
-            except CallError as e:
-                if not _is_retryable(e):
-                    raise
-                last = e
-        assert last is not None
-        raise ServiceUnavailable(
-            f"service {service!r} could not serve {op.name} after {self._retry.max_retries + 1} "
-            f"attempt(s) over {', '.join(c.order)}: {last}", service=service, method=op.name,
-            protocol=last.protocol,
-        ) from last
-
-    async def _round(self, c: _Call, attempt: Attempt[T]) -> T:
-        """Each transport in order once; falls through only on TransportError."""
-        service = c.endpoint.name
-        skip = () if c.forced else self._down_now(service, c.order)
-        live = [p for p in c.order if p not in skip]
-        metadata: Metadata = (("x-internal-token", c.endpoint.token), *c.caller)
-        failed: list[TransportError] = []
-        passed: list[str] = []  # failed or skipped since the last attempt, for the fallback metric
-        for name in c.order:
-            if name in skip:
-                passed.append(name)
-                continue
-            for a, b in itertools.pairwise([*passed, name]):
-                self.metrics.fallback(service, a, b)
-            try:
-                response = await attempt(name, c.endpoint, metadata, name != live[-1])
-            except TransportError as e:
-                self._mark_down(service, name, e)
-                failed.append(e)
-                passed = [name]
-                continue
-            self._down.pop((service, name), None)
-            return response
-        if len(failed) == 1:
-            raise failed[0]
-        raise TransportError(
-            "; ".join(f"{e.protocol}: {e.message}" for e in failed),
-            service=service, method=c.op.name, protocol=failed[-1].protocol,
-        ) from failed[-1]
-
-    async def _attempt(self, name: str, call: UnaryCall) -> Message:
-        """One transport attempt under the call's deadline, counted in the metrics."""
-        service, method = call.endpoint.name, call.operation.name
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout_at(call.deadline):
-                response = await self._transports[name].unary(call)
-        except TimeoutError as e:
-            err: CallError = DeadlineExceeded(f"{service}.{method} over {name}: the deadline passed")
-            self.fail(err, service, method, name, t0)
-            raise err from e
-        except CallError as e:
-            self.fail(e, service, method, name, t0)
-            raise
-        except OSError as e:
-            err = TransportError(f"{type(e).__name__}: {e}")
-            self.fail(err, service, method, name, t0)
-            raise err from e
-        self.metrics.attempt(service, method, name, None, time.perf_counter() - t0)
-        return response
-
-    def fail(self, err: CallError, service: str, method: str, protocol: str, t0: float) -> None:
-        """Fill in where ``err`` happened and count the failed attempt."""
-        err.service = err.service or service
-        err.method = err.method or method
-        err.protocol = err.protocol or protocol
-        self.metrics.attempt(service, method, protocol, err, time.perf_counter() - t0)
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -428,29 +321,6 @@ class CommunicationManager:
             )
             self.metrics.breaker(service, BreakerState.CLOSED)
         return b
-
-    def transport(self, name: str) -> Transport:
-        return self._transports[name]
-
-    def _down_now(self, service: str, order: tuple[str, ...]) -> tuple[str, ...]:
-        """Transports of ``order`` marked down for ``service``; none if all of them are."""
-        if not self._down:
-            return ()
-        now = self._clock()
-        down = tuple(p for p in order if self._down.get((service, p), 0.0) > now)
-        return () if len(down) == len(order) else down
-
-    def _mark_down(self, service: str, protocol: str, err: TransportError) -> None:
-        if self._transport_down_s <= 0:
-            return
-        key = (service, protocol)
-        now = self._clock()
-        if self._down.get(key, 0.0) <= now:
-            self._ctx.log.info(
-                "hub: %s over %s failed (%s); skipping %s for %s for %.1f s",
-                service, protocol, err.message, protocol, service, self._transport_down_s,
-            )
-        self._down[key] = now + self._transport_down_s
 
 
 def _caller_metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:

@@ -36,7 +36,7 @@ from core.wire import Kind, Operation, to_message
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from core.managers.hub.manager import CommunicationManager
+    from core.managers.hub.rounds import Rounds
 
 
 @dataclass(slots=True)
@@ -57,14 +57,12 @@ async def _close(gen: AsyncGenerator[Message, None]) -> None:
 class StreamOpener:
     """Opens one stream over the transport the manager's round picks; keeps the bidi replay buffer."""
 
-    def __init__(
-        self, hub: CommunicationManager, op: Operation, request: Message | None, replay: ReplayBuffer | None
-    ) -> None:
+    def __init__(self, hub: Rounds, op: Operation, request: Message | None, replay: ReplayBuffer | None) -> None:
         self.hub, self.op, self.request, self.replay = hub, op, request, replay
 
     @classmethod
     def for_payload(
-        cls, hub: CommunicationManager, op: Operation, payload: Any, service: str, method: str
+        cls, hub: Rounds, op: Operation, payload: Any, service: str, method: str
     ) -> StreamOpener:
         """Check the operation is a stream and turn ``payload`` into its request(s)."""
         if op.kind is Kind.UNARY:
@@ -83,7 +81,7 @@ class StreamOpener:
         return cls(hub, op, None, ReplayBuffer(payload, lambda item: to_message(op.request, item)))
 
     def attempt(self, deadline: float) -> Callable[[str, Endpoint, Metadata, bool], Awaitable[Opened]]:
-        connect_timeout_s = self.hub.config.connect_timeout_s
+        connect_timeout_s = self.hub.connect_timeout_s
 
         async def run(name: str, ep: Endpoint, md: Metadata, fail_fast: bool) -> Opened:
             requests = self.replay.view() if self.replay is not None else None
@@ -136,10 +134,10 @@ def _as_call_error(e: BaseException, where: str) -> CallError | None:
 
 
 async def relay(
-    hub: CommunicationManager, opener: StreamOpener, opened: Opened, breaker: CircuitBreaker, deadline: float
+    opener: StreamOpener, opened: Opened, breaker: CircuitBreaker, deadline: float
 ) -> AsyncGenerator[Message, None]:
     """Yield the opened stream's messages (see the module docstring); always closes it."""
-    service, method, protocol = breaker.service, opener.op.name, opened.protocol
+    hub, service, method, protocol = opener.hub, breaker.service, opener.op.name, opened.protocol
     if opener.replay is not None:
         opener.replay.commit()
     count, finished = 0, False
