@@ -73,4 +73,5 @@ async def voices(request: Request, engine: str = "", language: str = "") -> dict
     resp = await rt.hub.call(
         rt.service_for_role("tts"), "ListVoices", tts_pb2.ListVoicesRequest(engine=engine, language=language)
     )
-    return json_format.MessageToDict(resp, preserving_proto_field_name=True)
+    out: dict[str, Any] = json_format.MessageToDict(resp, preserving_proto_field_name=True)
+    return out
