@@ -6,7 +6,8 @@ Three parts run side by side, so that audio keeps flowing while Whisper works:
   SPEECH_STARTED / SPEECH_ENDED events at once, and queues a *final job* per utterance (its
   audio from ``pre_roll`` before the start, never overlapping the previous utterance) and, while
   speech goes on, a *partial job* every ``partial_interval`` when the engine is free (a busy
-  engine skips the partial; partials never queue up);
+  engine skips the partial; partials never queue up; none starts in a pause, where it would
+  only hold up the final);
 - the *transcriber* task runs the jobs one at a time on the shared worker pool;
 - the generator (:meth:`StreamSession.events`) yields what both put on the output queue.
 
@@ -192,6 +193,8 @@ class StreamSession:
     def _maybe_partial(self) -> None:
         if not self.s.partials or seconds(self.window.end - self.last_partial) < self.s.partial_interval_s:
             return
+        if self.segmenter.silence_from is not None:
+            return  # a pause: nothing new to show, and the final may be due soon; keep the engine free
         self.last_partial = self.window.end
         if self.busy or not self.jobs.empty() or self.whisper.saturated:
             self.metrics.partial("skipped")
