@@ -35,9 +35,11 @@ class SpeechBody(BaseModel):
 
 
 def _request(body: SpeechBody) -> tts_pb2.SynthesizeRequest:
+    # OpenAI's pcm is 24 kHz PCM16 mono whatever the engine; keep that unless asked otherwise
+    rate = body.sample_rate or (24000 if body.response_format == "pcm" else 0)
     return tts_pb2.SynthesizeRequest(
         text=body.input, voice=body.voice, language=body.language, speed=body.speed,
-        format=body.response_format, sample_rate=body.sample_rate,
+        format=body.response_format, sample_rate=rate,
     )
 
 
