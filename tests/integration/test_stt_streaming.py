@@ -2,14 +2,17 @@
 
 Two Piper sentences joined by 1.2 s of silence, streamed as 20 ms PCM16 frames over gRPC (faster
 than real time), must give exactly two SPEECH_STARTED / SPEECH_ENDED / FINAL sequences with the
-right texts; the same clip gives two segments from DetectSpeech (gRPC, HTTP msgpack) and from
-``POST /detect``. Bad streams get clear INVALID_ARGUMENTs and the service keeps serving.
+right texts, directly and through the hub on each protocol; the same clip gives two segments
+from DetectSpeech (gRPC, HTTP msgpack) and from ``POST /detect``. Bad streams get clear
+INVALID_ARGUMENTs and the service keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -17,6 +20,11 @@ import msgpack
 import numpy as np
 import pytest
 
+from core.config import load_settings
+from core.context import GlobalContext, Paths, ProcessContext
+from core.errors import InvalidArgument
+from core.managers.endpoint import Endpoint
+from core.managers.hub import CommunicationManager
 from core.wire import operation
 from core.wire.codec import message_to_dict
 from core.wire.frames import MSGPACK_TYPE, FrameReader, frame_message
@@ -228,3 +236,48 @@ def test_info_reports_the_vad(stt: SttProcess) -> None:
     info = stt.call("Info", operation("stt", "Info").request())
     assert info.details["vad_model"].endswith("silero_vad_v6.onnx")
     assert info.details["vad_end_silence_ms"] == "600"
+
+
+class StaticResolver:
+    def __init__(self, stt: SttProcess) -> None:
+        self.ep = Endpoint("stt", "stt", "127.0.0.1", stt.grpc_port, stt.http_port, stt.token)
+
+    def endpoint(self, service: str) -> Endpoint:
+        return self.ep
+
+
+@pytest.fixture
+async def hub(stt: SttProcess) -> AsyncIterator[CommunicationManager]:
+    g = GlobalContext.create(load_settings(env={}), Paths.from_env())
+    manager = CommunicationManager(ProcessContext(g, "main"), StaticResolver(stt))
+    yield manager
+    await manager.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "msgpack", "json"])
+async def test_through_the_hub_on_each_protocol(
+    hub: CommunicationManager, two_sentences: bytes, protocol: str
+) -> None:
+    messages = [config(), *audio_frames(two_sentences, size=3200)]
+    events = [e async for e in hub.stream("stt", "StreamingRecognize", messages, protocol=protocol)]
+    assert_two_utterances(events)
+
+
+async def test_hub_refusals_and_early_close(hub: CommunicationManager, stt: SttProcess, two_sentences: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="sample_rate must be 16000"):
+        async for _ in hub.stream("stt", "StreamingRecognize", [config(sample_rate=8000)]):
+            pass
+
+    async def live() -> AsyncIterator[Any]:
+        yield config()
+        for m in audio_frames(two_sentences):
+            yield m
+            await asyncio.sleep(0.01)
+
+    async with contextlib.aclosing(hub.stream("stt", "StreamingRecognize", live())) as events:
+        async for e in events:
+            assert kind(e) == "SPEECH_STARTED"
+            break  # closing the generator cancels the remote stream
+    await asyncio.to_thread(
+        eventually, lambda: stt.metric("uv_stt_streams_active") == 0, 30, "the stream to close after aclose"
+    )
