@@ -95,7 +95,7 @@ def stream(stt: SttProcess, messages: Iterable[Any], timeout: float = 300) -> An
 
 
 def kind(r: Any) -> str:
-    return stt_pb2.StreamingEventType.Name(r.type)
+    return str(stt_pb2.StreamingEventType.Name(r.type))
 
 
 def events_by_utterance(events: list[Any]) -> dict[int, list[str]]:

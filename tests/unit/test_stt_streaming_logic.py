@@ -86,7 +86,7 @@ async def feed(messages: Iterable[Any]) -> AsyncIterator[Any]:
 
 
 def kind(r: Any) -> str:
-    return stt_pb2.StreamingEventType.Name(r.type)
+    return str(stt_pb2.StreamingEventType.Name(r.type))
 
 
 @pytest.fixture
@@ -287,7 +287,7 @@ async def test_cancel_stops_the_stream_tasks_and_frees_the_slot(svc: SttService)
     engine: Any = svc.engine
     engine.gate = threading.Event()
     audio = pcm(silence(0.2), tone(0.6), silence(0.6), tone(20.0))
-    stream = svc.streaming_recognize(feed([config(), *frames(audio)]), CALL)
+    stream: Any = svc.streaming_recognize(feed([config(), *frames(audio)]), CALL)
     task = asyncio.create_task(anext(stream))
     assert kind(await task) == "SPEECH_STARTED"
     await asyncio.to_thread(engine.started.wait, 10)  # a final is being decoded

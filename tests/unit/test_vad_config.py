@@ -12,7 +12,9 @@ from services.stt.vad import locate_model
 from services.stt.vad_config import VadOptions, VadSettings, resolve_vad
 from tests.helpers.fake_stt import make_service
 
-DEFAULTS = VadOptions(threshold=0.6, min_speech_ms=200, end_silence_ms=700, pre_roll_ms=250)
+DEFAULTS = VadOptions.model_validate(
+    {"threshold": 0.6, "min_speech_ms": 200, "end_silence_ms": 700, "pre_roll_ms": 250}
+)
 
 
 def test_zero_takes_the_defaults_and_values_override_them() -> None:
