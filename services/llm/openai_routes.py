@@ -10,11 +10,12 @@ cancelled when the client goes away. Errors use OpenAI's shape,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 from starlette.requests import Request
@@ -29,10 +30,37 @@ from services.runtime import HttpKit
 if TYPE_CHECKING:
     from services.llm.service import LlmService
 
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody reads it
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
     429: "rate_limit_error", 503: "service_unavailable", 504: "timeout",
 }
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its reply was ready."""
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _while_connected(request: Request, aw: Awaitable[T]) -> T:
+    """Await ``aw`` unless the client disconnects first; then cancel it, and so the generation."""
+    work = asyncio.ensure_future(aw)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)  # the stream is closed before we go on
+    if work.cancelled():
+        raise ClientGone
+    return work.result()
 
 
 def openai_error(err: CallError, request_id: str = "") -> JSONResponse:
@@ -84,22 +112,23 @@ def openai_routes(kit: HttpKit, service: LlmService) -> list[BaseRoute]:
             return openai_error(err, call.request_id)
         chunks = kit.stream(request, call, body.request)
         try:
-            first = await anext(chunks)  # errors before the first token get their own status
+            # errors before the first token get their own status; a client that leaves while
+            # queued or generating cancels the generation (the response never started)
+            first = await _while_connected(request, anext(chunks))
+            meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": first.model}
+            headers = {"x-request-id": call.request_id}
+            if body.stream:
+                return SseResponse(_events(first, chunks, meta, body.include_usage), headers)
+            return JSONResponse(await _while_connected(request, _complete(first, chunks, meta)), headers=headers)
         except CallError as err:
-            await chunks.aclose()
             return openai_error(err, call.request_id)
         except StopAsyncIteration:
             return openai_error(InvalidArgument("the generation produced nothing"), call.request_id)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": first.model}
-        headers = {"x-request-id": call.request_id}
-        if body.stream:
-            return SseResponse(_events(first, chunks, meta, body.include_usage), headers)
-        try:
-            return JSONResponse(await _complete(first, chunks, meta), headers=headers)
-        except CallError as err:
-            return openai_error(err, call.request_id)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         finally:
-            await chunks.aclose()
+            if not body.stream:
+                await chunks.aclose()
 
     async def models(request: Request) -> Response:
         call = kit.call_info(request, "ListModels", "openai")

@@ -267,6 +267,26 @@ def test_cancel_mid_stream_stops_the_engine_and_frees_the_slot(llm: LlmProcess) 
     assert llm.metric("uv_llm_generations_running") == 0
 
 
+def test_an_http_client_that_gives_up_cancels_its_generation(llm: LlmProcess) -> None:
+    seen = len(llm.log_events("generation cancelled"))
+    body = {"messages": [{"role": "user", "content": COUNT}], "max_tokens": 256, "temperature": 0}
+    auth = {"authorization": f"Bearer {llm.token}"}
+    base = f"http://127.0.0.1:{llm.http_port}"
+    # Not streamed: nothing is sent until the reply is done, so the client times out and hangs up.
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(300, read=1.5), headers=auth) as c, \
+            pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", json=body)
+    # Streamed: the client reads the first events and closes the connection.
+    with httpx.Client(base_url=base, timeout=300, headers=auth) as c, \
+            c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    for n in (seen + 1, seen + 2):
+        eventually(lambda n=n: len(llm.log_events("generation cancelled")) >= n, 60, "the engine's cancel log")
+    assert all(e["completion_tokens"] < 200 for e in llm.log_events("generation cancelled")[seen:])
+    eventually(lambda: llm.metric("uv_llm_generations_running") == 0, 30, "the slot released")
+
+
 def test_queue_overflow_is_429_with_retry_after_on_every_protocol(llm: LlmProcess) -> None:
     running = llm.generate(COUNT, temperature=0.0, max_tokens=256)
     next(running)  # it holds the slot now
