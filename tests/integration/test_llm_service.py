@@ -262,7 +262,9 @@ def test_cancel_mid_stream_stops_the_engine_and_frees_the_slot(llm: LlmProcess) 
     assert "paris" in text.lower() and last.finish_reason == "stop"
     eventually(lambda: len(llm.log_events("generation cancelled")) > seen_before, 30, "the engine's cancel log")
     event = llm.log_events("generation cancelled")[-1]
-    assert 4 <= event["completion_tokens"] <= 4 + 12, event  # stopped within a few tokens, not at 256
+    # stopped long before max_tokens (the client read 4; the gap is how far the server ran ahead of
+    # the reader before the cancel arrived; the unit tests pin the flag-to-stop lag at a token or two)
+    assert 4 <= event["completion_tokens"] < 60, event
     assert llm.metric("uv_llm_generations_total", finish_reason="cancelled") == cancelled_before + 1
     assert llm.metric("uv_llm_generations_running") == 0
 
