@@ -48,7 +48,8 @@ def test_sm_list_and_health(started: MainProcess) -> None:
     out = _sm(started.url, "list").stdout
     assert "stt" in out and "RUNNING" in out
     rows = {r["name"]: r for r in json.loads(_sm(started.url, "--json", "list").stdout)}
-    assert rows["stt"]["state"] == "RUNNING"
+    assert {n: r["state"] for n, r in rows.items()} == {"stt": "RUNNING", "tts": "RUNNING", "llm": "RUNNING"}
+    assert all(r["rss_bytes"] > 0 for r in rows.values())
     health = _sm(started.url, "health", "--all")
     assert "main: ok" in health.stdout and "stt" in health.stdout
     info = json.loads(_sm(started.url, "call", "stt", "Info", "--protocol", "msgpack").stdout)
@@ -59,12 +60,20 @@ def test_sm_list_and_health(started: MainProcess) -> None:
     assert logs.strip()
 
 
-def test_openai_sdk_transcribes_through_main(started: MainProcess, speech_wav: Any) -> None:
+def test_openai_sdk_transcribes_chats_and_speaks_through_main(started: MainProcess, speech_wav: Any) -> None:
     import openai
 
     client = openai.OpenAI(base_url=f"{started.url}/v1", api_key="local")
     out = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav(SENTENCE), "audio/wav"))
     assert word_error_rate(SENTENCE, out.text) <= 0.2, out.text
+    reply = client.chat.completions.create(
+        model="local", temperature=0, max_tokens=16,
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+    )
+    assert "paris" in (reply.choices[0].message.content or "").lower()
+    audio = client.audio.speech.create(model="tts-1", voice="", input="Paris is the capital.", response_format="wav")
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio.content, "audio/wav"))
+    assert word_error_rate("Paris is the capital.", heard.text) <= 0.2, heard.text
 
 
 def test_sm_restart_brings_the_service_back(started: MainProcess) -> None:

@@ -27,7 +27,7 @@ def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_services_and_health_report_a_running_stt(main_proc: MainProcess) -> None:
     health = httpx.get(f"{main_proc.url}/health").json()
-    assert health["status"] == "ok" and health["services"] == {"stt": "RUNNING"}
+    assert health["status"] == "ok" and health["services"]["stt"] == "RUNNING"
     svc = next(s for s in httpx.get(f"{main_proc.url}/services").json() if s["name"] == "stt")
     assert svc["name"] == "stt" and svc["state"] == "RUNNING"
     assert svc["pid"] and svc["grpc_port"] and svc["http_port"] and svc["rss_bytes"] > 10_000_000
@@ -134,3 +134,55 @@ def test_main_refuses_a_port_in_use(tmp_path: Path) -> None:
         )
     assert r.returncode == 2
     assert f"127.0.0.1:{port}" in r.stderr and "another process holds the port" in r.stderr
+
+
+def test_all_three_services_run_with_their_memory(main_proc: MainProcess) -> None:
+    rows = {s["name"]: s for s in httpx.get(f"{main_proc.url}/services").json()}
+    assert set(rows) == {"stt", "tts", "llm"}
+    for name, row in rows.items():
+        assert row["state"] == "RUNNING", (name, row)
+        assert row["rss_bytes"] > 50_000_000, (name, row)
+    assert httpx.get(f"{main_proc.url}/health").json()["services"] == {
+        "stt": "RUNNING", "tts": "RUNNING", "llm": "RUNNING"
+    }
+
+
+def test_openai_sdk_chats_through_main(main_proc: MainProcess) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{main_proc.url}/v1", api_key="local")
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    reply = client.chat.completions.create(model="local", messages=question, temperature=0, max_tokens=16)
+    assert "paris" in (reply.choices[0].message.content or "").lower()
+    assert reply.usage is not None and reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 0
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="local", messages=question, temperature=0, max_tokens=16, stream=True
+        )
+        if c.choices
+    ]
+    assert len(pieces) > 1 and "".join(pieces) == reply.choices[0].message.content
+    assert [m.id for m in client.models.list().data]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="local", messages=[{"role": "wizard", "content": "hi"}])
+
+
+def test_openai_sdk_speaks_through_main_and_stt_hears_it(main_proc: MainProcess) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{main_proc.url}/v1", api_key="local")
+    sentence = "The train to the airport leaves from the second platform."
+    wav = client.audio.speech.create(model="tts-1", voice="", input=sentence, response_format="wav").content
+    assert wav[:4] == b"RIFF" and len(wav) > 20_000
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("reply.wav", wav, "audio/wav"))
+    assert word_error_rate(sentence, heard.text) <= 0.2, heard.text
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="", input="Sure. I can help with that today.", response_format="pcm"
+    ) as streamed:
+        pcm = b"".join(streamed.iter_bytes())
+    assert len(pcm) > 24_000 and len(pcm) % 2 == 0  # > 0.5 s of 24 kHz PCM16
+    voices = httpx.get(f"{main_proc.url}/v1/audio/voices").json()
+    assert voices["voices"] and voices["default_voice"]
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="no-such-voice", input="hello")
