@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from core.errors import CallError, PortInUse, SupervisorError, grpc_status
+from core.errors import CallError, PortInUse, SupervisorError, grpc_status, retry_after_header
 from core.wire import Kind, Operation
 from services.runtime.api import CallInfo
 from services.runtime.dispatch import Dispatcher
@@ -49,7 +49,10 @@ def _call_info(op: Operation, context: grpc.aio.ServicerContext) -> tuple[CallIn
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: CallError, call: CallInfo) -> None:
-    await context.abort(grpc_status(err), err.message, trailing_metadata=(("x-request-id", call.request_id),))
+    trailers = [("x-request-id", call.request_id)]
+    if retry := retry_after_header(err):
+        trailers.append(("retry-after", retry))
+    await context.abort(grpc_status(err), err.message, trailing_metadata=tuple(trailers))
     raise AssertionError("context.abort returned") from err  # abort always raises
 
 

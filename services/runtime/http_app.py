@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core.errors import CallError, NotFound, Unauthenticated
+from core.errors import CallError, NotFound, Unauthenticated, retry_after_header
 from core.wire import Kind, Operation, from_json, from_msgpack, to_json, to_msgpack
 from core.wire.frames import NDJSON_TYPE
 from services.runtime.api import CallInfo, Transport
@@ -89,6 +89,8 @@ class HttpKit:
     def render(err: CallError, media: str, request_id: str = "") -> Response:
         body, media_out = error_body(err, media)
         headers = {"x-request-id": request_id} if request_id else {}
+        if retry := retry_after_header(err):
+            headers["retry-after"] = retry
         return Response(body, status_code=err.http_status, media_type=media_out, headers=headers)
 
 

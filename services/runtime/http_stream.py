@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from core.errors import CallError, InvalidArgument
+from core.errors import CallError, InvalidArgument, retry_after_header
 from core.wire import Kind, Operation
 from core.wire.frames import FrameFormat, FrameReader, data_frame, error_frame, frame_message
 from services.runtime.api import CallInfo
@@ -123,7 +123,7 @@ class FrameStreamResponse(Response):
                 first = await anext(stream, None)
             except CallError as err:
                 body, media = error_body(err, self.media)
-                await _start(send, err.http_status, media, call.request_id)
+                await _start(send, err.http_status, media, call.request_id, retry_after_header(err))
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             await _start(send, 200, self.media, call.request_id)
@@ -140,7 +140,9 @@ class FrameStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _start(send: Send, status: int, media: str, request_id: str) -> None:
+async def _start(send: Send, status: int, media: str, request_id: str, retry_after: str | None = None) -> None:
     headers = [(b"content-type", media.encode()), (b"x-request-id", request_id.encode()),
                (b"cache-control", b"no-store")]
+    if retry_after:
+        headers.append((b"retry-after", retry_after.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -25,6 +25,7 @@ protocol only on transport failures and never on a rejected request.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import grpc
@@ -155,10 +156,26 @@ _BY_CODE["UNIMPLEMENTED"] = NotFound
 _BY_CODE["PERMISSION_DENIED"] = Unauthenticated
 
 
-def error_from_code(code: str, message: str, **kw: str) -> CallError:
-    """Rebuild the right CallError from a status name sent over the wire."""
+def error_from_code(code: str, message: str, *, retry_after_s: float | None = None, **kw: str) -> CallError:
+    """Rebuild the right CallError from a status name (and Retry-After, if any) sent over the wire."""
     cls = _BY_CODE.get(code, ServiceFailed)
+    if cls is ResourceExhausted:
+        return ResourceExhausted(message, retry_after_s=retry_after_s or 1.0, **kw)
     return cls(message, **kw)
+
+
+def retry_after_header(err: CallError) -> str | None:
+    """``Retry-After`` value (whole seconds, at least 1) for a refusal that says when to retry."""
+    if isinstance(err, ResourceExhausted):
+        return str(max(1, math.ceil(err.retry_after_s)))
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def grpc_status(err: CallError) -> grpc.StatusCode:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.context import GlobalContext, ProcessContext
-from core.errors import CallError, ConfigError, PortInUse, SupervisorError, UnknownService
+from core.errors import CallError, ConfigError, PortInUse, SupervisorError, UnknownService, retry_after_header
 from core.gateway.routes import control, openai_audio, openai_chat, openai_speech
 from core.gateway.runtime import MainRuntime
 from core.managers.hub import CommunicationManager
@@ -88,8 +88,8 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     @app.exception_handler(CallError)
     async def on_call_error(_: Request, exc: CallError) -> JSONResponse:
         headers = {}
-        if hasattr(exc, "retry_after_s"):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        if retry := retry_after_header(exc):
+            headers["Retry-After"] = retry
         elif exc.http_status == 503:
             headers["Retry-After"] = "1"
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)

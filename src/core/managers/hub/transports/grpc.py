@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from core.errors import CallError, DeadlineExceeded, TransportError, error_from_code
+from core.errors import CallError, DeadlineExceeded, TransportError, error_from_code, parse_retry_after
 from core.managers.endpoint import Endpoint
 from core.managers.hub.transports.base import StreamCall, UnaryCall
 from core.wire import Kind, Operation
@@ -110,7 +110,8 @@ def map_rpc_error(e: grpc.aio.AioRpcError) -> CallError:
     details = e.details() or code.name
     if code in _TRANSPORT_CODES:
         return TransportError(f"gRPC {code.name}: {details}")
-    return error_from_code(code.name, details)
+    trailers = dict(e.trailing_metadata() or ())
+    return error_from_code(code.name, details, retry_after_s=parse_retry_after(trailers.get("retry-after")))
 
 
 class GrpcTransport:

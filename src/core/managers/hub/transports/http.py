@@ -44,6 +44,7 @@ from core.errors import (
     ServiceFailed,
     TransportError,
     error_from_code,
+    parse_retry_after,
 )
 from core.managers.endpoint import Endpoint
 from core.managers.hub.transports.base import StreamCall, UnaryCall
@@ -147,7 +148,7 @@ def error_from_response(resp: httpx.Response, codec: HttpCodec) -> CallError:
         code = HTTP_TO_CODE.get(resp.status_code, fallback)
     if not message:
         message = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
-    return error_from_code(code, message)
+    return error_from_code(code, message, retry_after_s=parse_retry_after(resp.headers.get("retry-after")))
 
 
 class HttpTransport:
