@@ -38,7 +38,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -x "$VENV/bin/uv" ]; then
   log "installing uv"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv>=0.9"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9"
 fi
 log "installing the project with extras [$EXTRAS] (uv cache: ${UV_CACHE_DIR:-~/.cache/uv})"
 VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install --python "$VENV/bin/python" -e "$ROOT[$EXTRAS]"

@@ -58,30 +58,49 @@ def test_named_packages_are_picked_by_canonical_name_as_declared() -> None:
 def test_cache_is_keyed_by_pins_and_build_flags_only(tmp_path: Path) -> None:
     spec = ["llama-cpp-python==0.3.36"]
     base = source_build_cache(tmp_path, spec, ENV)
-    assert base.parent == tmp_path / "wheels" and base.name.startswith("build-") and len(base.name) == 18
+    assert base.parent == tmp_path / "wheels" and base.name.startswith("wheelhouse-") and len(base.name) == 23
     assert source_build_cache(tmp_path, spec, {**ENV, "OMP_WAIT_POLICY": "ACTIVE"}) == base  # runtime env
     assert source_build_cache(tmp_path, spec, {**ENV, "CMAKE_ARGS": "-DGGML_NATIVE=ON"}) != base
     assert source_build_cache(tmp_path, ["llama-cpp-python==0.3.37"], ENV) != base
     assert "SOURCE_BUILD_PACKAGES" in build_env(ENV)  # part of the venv hash too
 
 
-async def test_build_runs_the_keyed_source_build_before_the_project_install(tmp_path: Path) -> None:
+FAKE_PIP_PYTHON = """#!/bin/sh
+# stands in for `python -m pip wheel ... --wheel-dir DIR spec`: drops a wheel into DIR
+echo "pip-wheel CMAKE_ARGS=$CMAKE_ARGS"
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--wheel-dir" ]; then mkdir -p "$2"; touch "$2/llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"; fi
+  shift
+done
+"""
+
+
+async def test_build_compiles_into_the_keyed_wheelhouse_once_then_installs_from_it(tmp_path: Path) -> None:
     paths = paths_for(tmp_path)
-    uv = tmp_path / "uv"
+    uv, python = tmp_path / "uv", tmp_path / "python3.11-fake"
     uv.write_text(FAKE_UV)
-    uv.chmod(uv.stat().st_mode | stat.S_IXUSR)
+    python.write_text(FAKE_PIP_PYTHON)
+    for exe in (uv, python):
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     console = io.StringIO()
-    b = VenvBuilder(paths, python="/usr/bin/python3.11-fake", uv=str(uv), console=console)
+    b = VenvBuilder(paths, python=str(python), uv=str(uv), console=console)
     b._python_version = "CPython-3.11.7"
     cfg = service_config("llm", extra="llm-cpu", env=ENV)
     venv = await b.ensure(cfg)
-    cache = source_build_cache(paths.cache, ["llama-cpp-python==0.3.36"], ENV)
-    lines = [line for line in console.getvalue().splitlines() if "] uv " in line]
+    house = source_build_cache(paths.cache, ["llama-cpp-python==0.3.36"], ENV)
+    assert [p.name for p in house.glob("*.whl")] == ["llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"]
+    out = console.getvalue()
+    assert "-m pip wheel --no-deps --no-cache-dir" in out and f"pip-wheel CMAKE_ARGS={FLAGS}" in out
+    lines = [line for line in out.splitlines() if "] uv " in line]
     assert lines[1].endswith(
-        f"uv pip install --python {venv}/bin/python --cache-dir {cache} --no-deps llama-cpp-python==0.3.36"
+        f"uv pip install --python {venv}/bin/python --no-deps --find-links {house} llama-cpp-python==0.3.36"
     )
-    assert lines[2].endswith(f"uv pip install --python {venv}/bin/python -e {paths.root}[llm-cpu]")
-    assert f"CMAKE_ARGS={FLAGS}" in console.getvalue()
+    assert lines[2].endswith(f"uv pip install --python {venv}/bin/python --find-links {house} -e {paths.root}[llm-cpu]")
+    # a second venv with the same flags reuses the compiled wheel
+    (venv / ".ready").unlink()
+    console.truncate(0)
+    await b.ensure(cfg)
+    assert "reusing compiled wheels" in console.getvalue() and "pip wheel" not in console.getvalue()
     plain = service_config("llm", extra="llm-cpu", env={"CMAKE_ARGS": FLAGS})
     assert b.venv_hash(plain) != b.venv_hash(cfg)
 

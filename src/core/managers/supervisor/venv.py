@@ -7,12 +7,13 @@ editable install points at, and build-affecting env such as CMAKE_ARGS. So a ven
 only when one of those changes, and a changed runtime env (OMP_NUM_THREADS) costs nothing.
 uv's shared cache (~/.cache/uv) makes every extra venv cheap on disk.
 
-Packages named in the service env's ``SOURCE_BUILD_PACKAGES`` (llama-cpp-python) are built from
-source first, on their own, with uv's cache pointed at ``<paths.cache>/wheels/build-<key>``, where
-the key hashes those requirements and the build env. uv keys the wheels it builds by sdist only,
-never by CMAKE_ARGS, so a shared cache could hand back a wheel built with other flags (a
-``-march=native`` llama.cpp that segfaults). A keyed cache builds once per flag set and is reused
-by every later venv with the same flags; the main install then finds those packages satisfied.
+Packages named in the service env's ``SOURCE_BUILD_PACKAGES`` (llama-cpp-python) are compiled
+once into a wheelhouse, ``<paths.cache>/wheels/wheelhouse-<key>``, where the key hashes those
+requirements and the build env, with ``pip wheel --no-cache-dir`` and the service's build env.
+uv keys the wheels it builds by sdist only, never by CMAKE_ARGS, so its shared cache could hand
+back a wheel built with other flags (a ``-march=native`` llama.cpp that segfaults); and its cache
+layout changes between uv releases. A wheel file in a keyed folder is neither: every later venv
+with the same flags installs it with ``--find-links`` in seconds, whatever the uv version.
 
 A ``.ready`` marker is written last; a venv without it is a half-built leftover and is
 rebuilt. Builds are meant to run one at a time: the project's build hook regenerates the
@@ -99,7 +100,7 @@ def source_build_cache(cache_root: Path, specs: Sequence[str], env: Mapping[str,
     """uv cache for ``specs`` built with this build env: one folder per (requirements, flags)."""
     doc = {"requirements": sorted(specs), "build_env": build_env(env)}
     key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root / "wheels" / f"build-{key}"
+    return cache_root / "wheels" / f"wheelhouse-{key}"
 
 
 def requirements_hash(
@@ -232,14 +233,18 @@ class VenvBuilder:
             specs = source_builds(self.requirements(config), config.env)
         except VenvBuildError as e:
             raise VenvBuildError(f"service {config.name!r}: {e}") from e
-        if specs:
-            cache = source_build_cache(self._paths.cache, specs, config.env)
-            steps.append([uv, "pip", "install", "--python", python, "--cache-dir", str(cache), "--no-deps", *specs])
-        steps.append([uv, "pip", "install", "--python", python, "-e", f"{self._paths.root}[{config.extra}]"])
+        links: list[str] = []
+        wheelhouse = source_build_cache(self._paths.cache, specs, config.env) if specs else None
+        if wheelhouse is not None:
+            links = ["--find-links", str(wheelhouse)]
+            steps.append([uv, "pip", "install", "--python", python, "--no-deps", *links, *specs])
+        steps.append([uv, "pip", "install", "--python", python, *links, "-e", f"{self._paths.root}[{config.extra}]"])
         t0 = time.monotonic()
         with log_path.open("a", encoding="utf-8") as log:
             log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} building {venv}\n")
             self._say(config, f"building venv {venv.name} with extra [{config.extra}] (log: {log_path})", log)
+            if wheelhouse is not None:
+                await self._fill_wheelhouse(config, wheelhouse, specs, env, log)
             for argv in steps:
                 await self._run(config, argv, env, log)
             marker = {
@@ -248,6 +253,28 @@ class VenvBuilder:
             }
             (venv / READY_MARKER).write_text(json.dumps(marker, indent=1))
             self._say(config, f"venv ready in {time.monotonic() - t0:.1f}s: {venv}", log)
+
+    async def _fill_wheelhouse(
+        self, config: ServiceConfig, wheelhouse: Path, specs: list[str], env: dict[str, str], log: TextIO
+    ) -> None:
+        """Compile ``specs`` into ``wheelhouse`` once (atomically); later venvs reuse the wheels."""
+        if await asyncio.to_thread(lambda: any(wheelhouse.glob("*.whl"))):
+            self._say(config, f"reusing compiled wheels in {wheelhouse}", log)
+            return
+        wheelhouse.parent.mkdir(parents=True, exist_ok=True)
+        tmp = wheelhouse.with_name(f".{wheelhouse.name}.tmp-{os.getpid()}")
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
+        self._say(config, f"compiling {', '.join(specs)} once into {wheelhouse} (several minutes)", log)
+        await self._run(
+            config,
+            [self._python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--progress-bar", "off",
+             "--wheel-dir", str(tmp), *specs],
+            env, log,
+        )
+        if not any(tmp.glob("*.whl")):
+            raise VenvBuildError(f"service {config.name!r}: pip wheel produced no wheel for {specs} in {tmp}")
+        await asyncio.to_thread(shutil.rmtree, wheelhouse, True)
+        tmp.rename(wheelhouse)
 
     async def _run(self, config: ServiceConfig, argv: list[str], env: dict[str, str], log: TextIO) -> None:
         cmd = " ".join(argv)
