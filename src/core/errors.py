@@ -19,7 +19,8 @@ protocol only on transport failures and never on a rejected request.
         ├── ServiceFailed           permanent  the service raised while handling the call (500 / INTERNAL)
         ├── DeadlineExceeded        transient  the call's deadline passed (504 / DEADLINE_EXCEEDED)
         ├── ServiceUnavailable      transient  the service is loading, draining or down (503 / UNAVAILABLE)
-        │   └── CircuitOpen              the hub's breaker for the service is open
+        │   ├── CircuitOpen              the hub's breaker for the service is open
+        │   └── Overloaded               admission control is full (503 + Retry-After)
         └── TransportError          transient  this protocol could not carry the call; try the next
 """
 
@@ -137,6 +138,14 @@ class CircuitOpen(ServiceUnavailable):
     pass
 
 
+class Overloaded(ServiceUnavailable):
+    """Admission control refused new work (too many turns in flight); retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw: str) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, **kw)
+
+
 class TransportError(CallError):
     """This protocol could not carry the call (refused, reset, broken stream). The next one may."""
 
@@ -166,7 +175,7 @@ def error_from_code(code: str, message: str, *, retry_after_s: float | None = No
 
 def retry_after_header(err: CallError) -> str | None:
     """``Retry-After`` value (whole seconds, at least 1) for a refusal that says when to retry."""
-    if isinstance(err, ResourceExhausted):
+    if isinstance(err, ResourceExhausted | Overloaded):
         return str(max(1, math.ceil(err.retry_after_s)))
     return None
 

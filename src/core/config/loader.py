@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from core.config.models import GatewayConfig, HubConfig, ProfileConfig, ServiceConfig, Settings
+from core.config.models import ConversationConfig, GatewayConfig, HubConfig, ProfileConfig, ServiceConfig, Settings
 from core.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
@@ -107,8 +107,13 @@ def load_settings(
         hub = HubConfig.model_validate(sdoc.get("hub") or {})
     except ValidationError as e:
         raise _validation_error(spath, "hub", e) from e
+    try:
+        conversation = ConversationConfig.model_validate(sdoc.get("conversation") or {})
+    except ValidationError as e:
+        raise _validation_error(spath, "conversation", e) from e
     return Settings(
-        profile=prof, profiles=profiles, services=services, gateway=gateway, hub=hub, config_dir=str(cdir)
+        profile=prof, profiles=profiles, services=services, gateway=gateway, hub=hub,
+        conversation=conversation, config_dir=str(cdir),
     )
 
 

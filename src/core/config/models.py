@@ -125,6 +125,27 @@ class HubConfig(_Strict):
     breaker_reset_s: float = Field(5.0, gt=0, description="Open time before one half-open probe is let through.")
 
 
+class ConversationConfig(_Strict):
+    """Sessions, turns and the conversation gateway (REST, WebSocket, polling)."""
+
+    default_agent: str = Field("assistant", description="Agent used when a client names none.")
+    agents_dir: str = Field("agents", description="Folder of agent YAMLs, relative to the config folder.")
+    max_sessions: int = Field(200, ge=1, description="Live sessions kept in memory; past it, new ones get 503.")
+    idle_timeout_s: float = Field(1800, gt=0, description="Sessions idle this long are evicted from memory.")
+    max_concurrent_turns: int = Field(4, ge=1, description="Turns in flight across all sessions (admission).")
+    admission_wait_s: float = Field(1.0, ge=0, le=2, description="How long a turn may wait for a slot first.")
+    store_path: str = Field("", description="SQLite file; empty means <var>/data/conversations.sqlite3.")
+    recordings: bool = Field(False, description="Keep per-turn WAVs of both sides under recordings_dir.")
+    recordings_dir: str = Field("", description="Empty means <var>/data/recordings.")
+    output_sample_rate: int = Field(24000, description="Default PCM16 rate of reply audio sent to clients.")
+    max_text_chars: int = Field(2000, ge=1, description="Longest user message accepted.")
+    max_audio_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest uploaded or buffered utterance.")
+    max_ws_frame_bytes: int = Field(256 * 1024, ge=1, description="Largest single WebSocket frame.")
+    rate_limit_per_minute: int = Field(120, ge=1, description="REST requests per client per minute.")
+    end_silence_ms: int = Field(600, ge=100, description="End-of-turn silence for voice sessions.")
+    reply_audio_ttl_s: float = Field(600, gt=0, description="How long REST reply audio URLs stay fetchable.")
+
+
 class Settings(_Strict):
     """Everything loaded from config/ plus env overrides, for one run."""
 
@@ -133,6 +154,7 @@ class Settings(_Strict):
     services: dict[str, ServiceConfig] = Field(description="Effective services of the active profile.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # type: ignore[arg-type]
     hub: HubConfig = Field(default_factory=HubConfig)  # type: ignore[arg-type]
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)  # type: ignore[arg-type]
     config_dir: str = Field(description="Folder the files were read from.")
 
     def enabled_services(self) -> list[ServiceConfig]:
