@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from core.sessions.store import ConversationStore
 
 log = logging.getLogger("ultravox.sessions")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RECENTLY_ENDED = 10_000
 
 
 def history_cap(agent: AgentConfig) -> int:
@@ -70,6 +72,7 @@ class SessionManager:
         self.store, self.agents, self.config = store, dict(agents), config
         self._clock = clock
         self._sessions: dict[str, Session] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()  # ended here lately; the store may lag a write
         self._metrics = SessionMetrics(registry)
         self._eviction: asyncio.Task[None] | None = None
 
@@ -85,15 +88,16 @@ class SessionManager:
                 live.touch()
                 return live
             row = self.store.session_row(session_id)
+            if session_id in self._ended or (row is not None and row["ended_at"] is not None):
+                raise InvalidArgument(f"session {session_id!r} has ended; start a new one with another id")
             if row is not None:
-                if row["ended_at"] is not None:
-                    raise InvalidArgument(f"session {session_id!r} has ended; start a new one with another id")
                 return self._resume(row)
         ag = self.agent(agent or self.config.default_agent)
         self._make_room()
+        now = self._clock()
         s = Session(
             id=session_id or uuid.uuid4().hex, agent=ag, voice=ag.voice if voice is None else voice,
-            language=language or ag.language,
+            language=language or ag.language, created_at=now, last_active=now,
         )
         self._sessions[s.id] = s
         self.store.put_session(s)
@@ -109,9 +113,9 @@ class SessionManager:
             live.touch()
             return live
         row = self.store.session_row(session_id)
-        if row is None:
+        if row is None and session_id not in self._ended:
             raise NotFound(f"unknown session {session_id!r}; create one with POST /api/sessions")
-        if row["ended_at"] is not None:
+        if row is None or row["ended_at"] is not None:
             raise NotFound(f"session {session_id!r} has ended; its transcript is still at "
                            f"GET /api/sessions/{session_id}/transcript")
         return self._resume(row)
@@ -149,6 +153,8 @@ class SessionManager:
     def end(self, session_id: str) -> None:
         """End a session: it leaves memory and cannot be resumed; its transcript stays."""
         check_session_id(session_id)
+        if session_id in self._ended:
+            return
         live = self._sessions.pop(session_id, None)
         if live is None:
             row = self.store.session_row(session_id)
@@ -159,13 +165,17 @@ class SessionManager:
         else:
             live.ended = True
             self._metrics.active.set(len(self._sessions))
+        self._ended[session_id] = None
+        while len(self._ended) > RECENTLY_ENDED:
+            self._ended.popitem(last=False)
         self.store.end_session(session_id, self._clock())
         log.info("session ended", extra={"session_id": session_id})
 
     async def purge(self, session_id: str) -> None:
-        """End a session and delete it and its turns from the store."""
+        """End a session and delete it and its turns from the store (its id may be used again)."""
         self.end(session_id)
         await self.store.purge_session(session_id)
+        self._ended.pop(session_id, None)
 
     async def record_turn(self, session: Session, record: TurnRecord) -> None:
         """Add a finished turn to the history and the store; returns once it is committed."""

@@ -193,6 +193,10 @@ class ConversationStore:
             (f"INSERT OR REPLACE INTO turns ({_TURN_COLUMNS}) VALUES ({placeholders})", turn),
         )
 
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self._write(lambda: None)
+
     async def purge_session(self, session_id: str) -> None:
         """Delete a session and its turns for good."""
         await self._write(self._tx, ("DELETE FROM sessions WHERE id=?", (session_id,)))
