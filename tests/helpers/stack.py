@@ -28,9 +28,10 @@ def free_port() -> int:
 
 
 def make_config_dir(dest: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """Copy config/ to ``dest``, optionally editing services.yaml's parsed document."""
+    """Copy config/ (agents included) to ``dest``, optionally editing services.yaml's parsed document."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "config" / "profiles.yaml", dest / "profiles.yaml")
+    shutil.copytree(ROOT / "config" / "agents", dest / "agents", dirs_exist_ok=True)
     doc = yaml.safe_load((ROOT / "config" / "services.yaml").read_text())
     if edit:
         edit(doc)
