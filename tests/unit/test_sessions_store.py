@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import threading
@@ -120,10 +119,10 @@ async def test_end_list_and_purge(store: ConversationStore) -> None:
     a, b = (Session(id=i, agent=AGENT, voice="", language="en") for i in ("a", "b"))
     store.put_session(a)
     await store.add_turn(b, turn("b", 0))  # a turn also saves its session's row
-    assert {r["id"] for r in store.list_sessions()} == {"a", "b"}
-    await asyncio.wrap_future(store.end_session("a"))
-    assert {r["id"] for r in store.list_sessions()} == {"b"}
-    assert {r["id"] for r in store.list_sessions(include_ended=True)} == {"a", "b"}
+    assert {r["id"] for r in await store.list_sessions()} == {"a", "b"}
+    store.end_session("a")
+    assert {r["id"] for r in await store.list_sessions()} == {"b"}  # reads see queued writes
+    assert {r["id"] for r in await store.list_sessions(include_ended=True)} == {"a", "b"}
     await store.purge_session("b")
     assert store.session_row("b") is None and store.recent_turns("b", 10) == []
 
@@ -136,5 +135,5 @@ async def test_queued_writes_are_flushed_by_close(tmp_path: Path) -> None:
     await st.close()  # no awaits on the writes themselves
     again = ConversationStore(tmp_path / "c.sqlite3")
     await again.open()
-    assert len(again.list_sessions(100)) == 20
+    assert len(await again.list_sessions(100)) == 20
     await again.close()

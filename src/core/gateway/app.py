@@ -1,7 +1,10 @@
-"""FastAPI app factory for main. The lifespan owns the supervisor and the hub.
+"""FastAPI app factory for main. The lifespan owns the supervisor, the hub and the conversation layer.
 
-Every exit path (Ctrl-C, SIGTERM, an exception in startup) runs the same cleanup: services
-are stopped gracefully and the hub's channels closed.
+Agent configs are read before the server starts (a bad file stops main like any config error).
+The lifespan then opens the conversation store, builds the session manager (with its eviction
+loop), admission control, the recorder and the orchestrator, and attaches them to the runtime.
+Every exit path (Ctrl-C, SIGTERM, an exception in startup) runs the same cleanup, in order:
+polling turns, orchestrator, sessions and store, then services and the hub.
 """
 
 from __future__ import annotations
@@ -11,17 +14,47 @@ import ipaddress
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.context import GlobalContext, ProcessContext
-from core.errors import CallError, ConfigError, PortInUse, SupervisorError, UnknownService, retry_after_header
-from core.gateway.routes import control, openai_audio, openai_chat, openai_speech
+from core.conversation.orchestrator import Orchestrator
+from core.conversation.types import AgentConfig
+from core.errors import (
+    CallError,
+    ConfigError,
+    PortInUse,
+    SupervisorError,
+    UltravoxError,
+    UnknownService,
+    retry_after_header,
+)
+from core.gateway.routes import (
+    control,
+    conversation,
+    openai_audio,
+    openai_chat,
+    openai_speech,
+    polling,
+    sessions,
+    voice_ws,
+)
 from core.gateway.runtime import MainRuntime
 from core.managers.hub import CommunicationManager
 from core.managers.supervisor import ServiceSupervisor
+from core.sessions import (
+    Admission,
+    ConversationStore,
+    PollRegistry,
+    RateLimiter,
+    Recorder,
+    ReplyAudioCache,
+    SessionManager,
+    load_agents,
+)
 
 _OPEN_PATHS = frozenset({"/health", "/metrics"})
 
@@ -48,42 +81,46 @@ def gateway_api_key(g: GlobalContext) -> str:
     return key
 
 
-def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None) -> FastAPI:
-    api_key = gateway_api_key(g)
-    ctx = ProcessContext(global_=g, name="main")
+def _under(base: Path, configured: str, default: Path) -> Path:
+    """A configured path (relative ones are taken from ``base``), or ``default`` when empty."""
+    if not configured:
+        return default
+    p = Path(configured).expanduser()
+    return p if p.is_absolute() else base / p
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sup = supervisor or ServiceSupervisor(ctx)
-        rt = MainRuntime(ctx=ctx, supervisor=sup, hub=CommunicationManager(ctx, sup, config=g.settings.hub))
-        control.install_metrics(rt)
-        app.state.runtime = rt
-        await rt.boot()
-        try:
-            yield
-        finally:
-            await rt.close()
 
-    app = FastAPI(
-        title="Ultravox Pipeline",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="Gateway and control API of the Ultravox Pipeline main process.",
+def agents_dir(g: GlobalContext) -> Path:
+    cdir = Path(g.settings.config_dir)
+    return _under(cdir, g.settings.conversation.agents_dir, cdir / "agents")
+
+
+async def attach_conversation(rt: MainRuntime, agents: dict[str, AgentConfig]) -> None:
+    """Open the store and build the conversation layer on ``rt`` (see the module docstring)."""
+    conf, paths = rt.ctx.settings.conversation, rt.ctx.global_.paths
+    store = ConversationStore(_under(paths.var, conf.store_path, paths.data / "conversations.sqlite3"))
+    try:
+        await store.open()
+    except UltravoxError as e:
+        rt.ctx.log.error("%s", e)
+        raise
+    rt.sessions = SessionManager(store, agents, conf, registry=rt.ctx.registry)
+    rt.sessions.start()
+    rt.admission = Admission(conf.max_concurrent_turns, conf.admission_wait_s, rt.ctx.registry)
+    rt.recorder = Recorder(_under(paths.var, conf.recordings_dir, paths.data / "recordings"), enabled=conf.recordings)
+    rt.rate_limiter = RateLimiter(conf.rate_limit_per_minute, registry=rt.ctx.registry)
+    rt.replies = ReplyAudioCache(conf.reply_audio_ttl_s)
+    rt.polls = PollRegistry(max_buffers=conf.max_sessions, idle_s=conf.idle_timeout_s)
+    rt.orchestrator = Orchestrator(
+        rt.ctx, rt.hub, rt.sessions, rt.admission, rt.recorder, conf, rt.services_by_role()
+    )
+    rt.ctx.log.info(
+        "conversation layer ready: store %s, %d agents, max %d turns in flight",
+        store.path, len(agents), conf.max_concurrent_turns,
     )
 
-    if api_key:
-        @app.middleware("http")
-        async def require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.url.path not in _OPEN_PATHS:
-                auth = request.headers.get("authorization", "")
-                given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-                if not hmac.compare_digest(given.encode(), api_key.encode()):
-                    return JSONResponse(
-                        {"error": {"code": "UNAUTHENTICATED",
-                                   "message": "missing or wrong API key; send 'Authorization: Bearer <key>'"}},
-                        status_code=401,
-                    )
-            return await call_next(request)
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": {"code", "message"}}`` with its status (and Retry-After when known)."""
 
     @app.exception_handler(CallError)
     async def on_call_error(_: Request, exc: CallError) -> JSONResponse:
@@ -108,8 +145,57 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
             status_code=400,
         )
 
+
+def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None) -> FastAPI:
+    api_key = gateway_api_key(g)
+    agents = load_agents(agents_dir(g))
+    ctx = ProcessContext(global_=g, name="main")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sup = supervisor or ServiceSupervisor(ctx)
+        rt = MainRuntime(
+            ctx=ctx, supervisor=sup, hub=CommunicationManager(ctx, sup, config=g.settings.hub),
+            api_key=api_key,
+        )
+        control.install_metrics(rt)
+        app.state.runtime = rt
+        try:
+            await attach_conversation(rt, agents)
+            await rt.boot()
+            yield
+        finally:
+            await rt.close_conversation()
+            await rt.close()
+
+    app = FastAPI(
+        title="Ultravox Pipeline",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Gateway and control API of the Ultravox Pipeline main process.",
+    )
+
+    if api_key:
+        @app.middleware("http")
+        async def require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            if request.url.path not in _OPEN_PATHS:
+                auth = request.headers.get("authorization", "")
+                given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+                if not hmac.compare_digest(given.encode(), api_key.encode()):
+                    return JSONResponse(
+                        {"error": {"code": "UNAUTHENTICATED",
+                                   "message": "missing or wrong API key; send 'Authorization: Bearer <key>'"}},
+                        status_code=401,
+                    )
+            return await call_next(request)
+
+    install_error_handlers(app)
     app.include_router(control.router)
     app.include_router(openai_audio.router)
     app.include_router(openai_speech.router)
     app.include_router(openai_chat.router)
+    app.include_router(conversation.router)
+    app.include_router(sessions.router)
+    app.include_router(polling.router)
+    app.include_router(voice_ws.router)
     return app

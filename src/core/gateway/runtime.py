@@ -1,16 +1,20 @@
-"""What the gateway's routes share: the supervisor, the hub and the boot state of main.
+"""What the gateway's routes share: the supervisor, the hub, the conversation layer, boot state.
 
 One ``MainRuntime`` per main process, created in the FastAPI lifespan and stored on
-``app.state.runtime``; routes reach it through ``runtime_of(request)``.
+``app.state.runtime``; routes reach it through ``runtime_of(request)``. The conversation layer
+(sessions, admission, recorder, orchestrator, REST reply audio, polling buffers, rate limiter)
+is attached by the lifespan right after the runtime is built, before the first request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import Request
@@ -19,6 +23,10 @@ from core.context import ProcessContext
 from core.errors import NotFound
 from core.managers.hub import CommunicationManager
 from core.managers.supervisor import ServiceSupervisor
+from core.sessions import Admission, PollRegistry, RateLimiter, Recorder, ReplyAudioCache, SessionManager
+
+if TYPE_CHECKING:  # the orchestrator imports nothing from the gateway; this keeps it that way
+    from core.conversation.orchestrator import Orchestrator
 
 log = logging.getLogger("ultravox.main")
 
@@ -32,7 +40,21 @@ class MainRuntime:
     boot_error: str = ""
     booted: bool = False
     started_at: float = field(default_factory=time.time)
+    api_key: str = field(default="", repr=False)
+    """The gateway API key ("" on loopback without one); HTTP middleware and /ws/voice check it."""
     _boot_task: asyncio.Task[None] | None = None
+    # the conversation layer, attached by the lifespan (see core.gateway.app)
+    sessions: SessionManager = field(init=False)
+    admission: Admission = field(init=False)
+    recorder: Recorder = field(init=False)
+    orchestrator: Orchestrator = field(init=False)
+    rate_limiter: RateLimiter = field(init=False)
+    replies: ReplyAudioCache = field(init=False)
+    polls: PollRegistry = field(init=False)
+
+    @property
+    def api_key_required(self) -> bool:
+        return bool(self.api_key)
 
     async def boot(self) -> None:
         """Prepare venvs and spawn services in the background, so /health answers meanwhile."""
@@ -48,6 +70,15 @@ class MainRuntime:
             self.boot_error = f"{type(e).__name__}: {e}"
             log.exception("boot failed: %s", self.boot_error)
 
+    async def close_conversation(self) -> None:
+        """Stop polling turns, then the orchestrator, then flush sessions and the store (in that order)."""
+        if hasattr(self, "polls"):
+            await self.polls.close()
+        if hasattr(self, "orchestrator") and (aclose := getattr(self.orchestrator, "aclose", None)) is not None:
+            await aclose()
+        if hasattr(self, "sessions"):
+            await self.sessions.close()
+
     async def close(self) -> None:
         if self._boot_task is not None and not self._boot_task.done():
             self._boot_task.cancel()
@@ -56,6 +87,13 @@ class MainRuntime:
         await self.supervisor.shutdown()
         await self.hub.close()
         await self.proxy_client.aclose()
+
+    def services_by_role(self) -> dict[str, str]:
+        """role -> service name of the first enabled service per role (what the orchestrator calls)."""
+        out: dict[str, str] = {}
+        for s in self.ctx.settings.enabled_services():
+            out.setdefault(s.role, s.name)
+        return out
 
     def service_for_role(self, role: str) -> str:
         """The first enabled service that serves ``role`` (stt, tts, llm)."""
@@ -68,3 +106,20 @@ class MainRuntime:
 def runtime_of(request: Request) -> MainRuntime:
     rt: MainRuntime = request.app.state.runtime
     return rt
+
+
+def client_key(request: Request, *, api_key_required: bool) -> str:
+    """Who a request counts against for rate limiting: the API key when main requires one
+    (the middleware has checked it), else the client's address."""
+    if api_key_required:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if key:
+            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "host:" + (request.client.host if request.client else "unknown")
+
+
+async def rate_limited(request: Request) -> None:
+    """FastAPI dependency of the REST conversation, session and polling routes (429 past the limit)."""
+    rt = runtime_of(request)
+    rt.rate_limiter.check(client_key(request, api_key_required=rt.api_key_required))

@@ -115,7 +115,7 @@ class SessionManager:
         row = self.store.session_row(session_id)
         if row is None and session_id not in self._ended:
             raise NotFound(f"unknown session {session_id!r}; create one with POST /api/sessions")
-        if row is None or row["ended_at"] is not None:
+        if row is None or row["ended_at"] is not None or session_id in self._ended:
             raise NotFound(f"session {session_id!r} has ended; its transcript is still at "
                            f"GET /api/sessions/{session_id}/transcript")
         return self._resume(row)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import logging
 import time
 from collections import OrderedDict, deque
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from core.errors import Overloaded, RequestRejected
+from core.logs import turn_id_var
 
 log = logging.getLogger("ultravox.sessions.polling")
 MAX_EVENTS_PER_REPLY = 256
@@ -92,7 +94,11 @@ class PollBuffer:
 
 
 class PollSink:
-    """EventSink of one polling turn: events and audio go to the session's buffer."""
+    """EventSink of one polling turn: events and audio go to the session's buffer.
+
+    Every event carries the ``turn_id`` of the turn it belongs to (the orchestrator's, read from
+    the logging context it runs in), so a client can tell turns apart in one buffer.
+    """
 
     def __init__(self, buffer: PollBuffer, default_rate: int) -> None:
         self.buffer, self.rate = buffer, default_rate
@@ -100,11 +106,11 @@ class PollSink:
     async def send_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "audio_start" and event.get("sample_rate"):
             self.rate = int(event["sample_rate"])
-        self.buffer.push(dict(event))
+        self.buffer.push({**event, "turn_id": event.get("turn_id") or turn_id_var.get()})
 
     async def send_audio(self, pcm: bytes) -> None:
         self.buffer.push({
-            "type": "audio", "format": "pcm_s16le", "sample_rate": self.rate,
+            "type": "audio", "turn_id": turn_id_var.get(), "format": "pcm_s16le", "sample_rate": self.rate,
             "data": base64.b64encode(pcm).decode("ascii"),
         })
 
@@ -137,16 +143,22 @@ class PollRegistry:
         task = self._running.get(session_id)
         return task is not None and not task.done()
 
-    def start(self, session_id: str, turn: Callable[[], Awaitable[None]]) -> None:
-        """Run ``turn`` in the background; TurnInProgress if this session already runs one."""
+    def start(
+        self, session_id: str, turn: Callable[[], Awaitable[None]], *, context: contextvars.Context | None = None
+    ) -> asyncio.Task[None]:
+        """Run ``turn`` in the background (in ``context``); TurnInProgress if the session runs one."""
         if self.running(session_id):
             raise TurnInProgress(
                 f"a turn is already running in session {session_id!r}; wait for its turn_complete event"
             )
-        task = asyncio.create_task(self._run(turn), name=f"poll-turn-{session_id}")
+        task = asyncio.create_task(self._run(turn), name=f"poll-turn-{session_id}", context=context)
         self._running[session_id] = task
-        task.add_done_callback(lambda t: self._running.pop(session_id, None) if self._running.get(session_id) is t
-                               else None)
+
+        def forget(t: asyncio.Task[None]) -> None:
+            if self._running.get(session_id) is t:
+                del self._running[session_id]
+        task.add_done_callback(forget)
+        return task
 
     @staticmethod
     async def _run(turn: Callable[[], Awaitable[None]]) -> None:

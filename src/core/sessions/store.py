@@ -220,13 +220,22 @@ class ConversationStore:
         )
         return [turn_to_dict(r) for r in reversed(rows)]
 
-    def list_sessions(self, limit: int = 100, *, include_ended: bool = False) -> list[dict[str, Any]]:
+    async def list_sessions(self, limit: int = 100, *, include_ended: bool = False) -> list[dict[str, Any]]:
+        """Stored sessions, most recently active first (after every queued write has landed)."""
+        await self.flush()
+        return await asyncio.to_thread(self._list_sessions, limit, include_ended)
+
+    def _list_sessions(self, limit: int, include_ended: bool) -> list[dict[str, Any]]:
         where = "" if include_ended else "WHERE ended_at IS NULL"
         rows = self._read(f"SELECT * FROM sessions {where} ORDER BY last_active DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]
 
     async def transcript(self, session_id: str) -> dict[str, Any] | None:
-        """The whole session as a JSON-able dict (every turn, in order), or None if unknown."""
+        """The whole session as a JSON-able dict (every turn, in order), or None if unknown.
+
+        Queued writes land first, so a transcript read right after a change reflects it.
+        """
+        await self.flush()
         return await asyncio.to_thread(self._transcript, session_id)
 
     def _transcript(self, session_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,103 @@
+"""Session routes: create, list, describe, end (or purge) sessions, export transcripts, list agents.
+
+``GET /api/sessions/{id}`` resumes a session from the store when it is not in memory (after an
+idle eviction or a restart of main). Ending a session keeps its transcript; ``?purge=true``
+deletes it from the store as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from core.errors import NotFound
+from core.gateway.runtime import rate_limited, runtime_of
+from core.sessions import check_session_id
+
+router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)], tags=["sessions"])
+
+
+class NewSession(BaseModel):
+    session_id: str | None = Field(None, description="Your own id ([A-Za-z0-9_-]{1,64}); generated when absent.")
+    agent: str | None = Field(None, description="Agent name (GET /api/agents); the default agent when absent.")
+    voice: str | None = Field(None, description="TTS voice; the agent's voice when absent.")
+    language: str | None = Field(None, description="en, pt...; the agent's language when absent.")
+
+
+@router.post("/sessions")
+async def create_session(request: Request, body: NewSession | None = None) -> JSONResponse:
+    """201 with the new session; 200 with the existing one when ``session_id`` is already live or stored."""
+    sessions = runtime_of(request).sessions
+    body = body or NewSession.model_validate({})
+    existed = body.session_id is not None and (
+        body.session_id in sessions or sessions.store.session_row(check_session_id(body.session_id)) is not None
+    )
+    s = sessions.create(agent=body.agent, session_id=body.session_id, voice=body.voice, language=body.language)
+    return JSONResponse(sessions.describe(s), status_code=200 if existed else 201)
+
+
+@router.get("/sessions")
+async def list_sessions(
+    request: Request,
+    stored: bool = Query(False, description="Also list sessions kept only in the store (resumable)."),
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
+    sessions = runtime_of(request).sessions
+    out: dict[str, Any] = {"sessions": sessions.list()[:limit]}
+    if stored:
+        out["stored"] = [
+            {"session_id": r["id"], "agent": r["agent"], "voice": r["voice"], "language": r["language"],
+             "created_at": r["created_at"], "last_active": r["last_active"], "turn_count": r["turn_count"],
+             "live": r["id"] in sessions}
+            for r in await sessions.store.list_sessions(limit)
+        ]
+    return out
+
+
+@router.get("/sessions/{session_id}")
+async def get_session(session_id: str, request: Request) -> dict[str, Any]:
+    sessions = runtime_of(request).sessions
+    s = sessions.get(session_id)
+    return {**sessions.describe(s), "history": [
+        {"role": h.role, "text": h.text, "interrupted": h.interrupted} for h in s.history
+    ]}
+
+
+@router.delete("/sessions/{session_id}")
+async def end_session(
+    session_id: str, request: Request,
+    purge: bool = Query(False, description="Also delete the session and its turns from the store."),
+) -> dict[str, Any]:
+    rt = runtime_of(request)
+    if purge:
+        await rt.sessions.purge(session_id)
+    else:
+        rt.sessions.end(session_id)
+    rt.polls.drop(session_id)
+    return {"session_id": session_id, "ended": True, "purged": purge}
+
+
+@router.get("/sessions/{session_id}/transcript")
+async def transcript(session_id: str, request: Request) -> dict[str, Any]:
+    """Every stored turn of the session (ended ones too), as JSON."""
+    sessions = runtime_of(request).sessions
+    out = await sessions.store.transcript(check_session_id(session_id))
+    if out is None:
+        raise NotFound(f"unknown session {session_id!r}; nothing stored under that id")
+    return out
+
+
+@router.get("/agents")
+async def agents(request: Request) -> dict[str, Any]:
+    sessions = runtime_of(request).sessions
+    return {
+        "default": sessions.config.default_agent,
+        "agents": [
+            {"name": a.name, "description": a.description, "language": a.language, "voice": a.voice,
+             "tts_engine": a.tts_engine, "max_tokens": a.max_tokens}
+            for a in sorted(sessions.agents.values(), key=lambda a: a.name)
+        ],
+    }
