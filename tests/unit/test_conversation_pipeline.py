@@ -80,7 +80,7 @@ async def test_history_is_cut_to_history_turns_and_interrupted_replies_are_marke
     assert req.max_tokens == r.session.agent.max_tokens and req.temperature == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("fail_after", [0, 3])
+@pytest.mark.parametrize("fail_after", [0, 3, 11])
 async def test_llm_failure_speaks_the_fallback_phrase(fail_after: int) -> None:
     r = rig()
     r.hub.llm.tokens, r.hub.llm.fail_after = TOKENS, fail_after
@@ -89,6 +89,8 @@ async def test_llm_failure_speaks_the_fallback_phrase(fail_after: int) -> None:
     assert record.outcome == "degraded" and record.degraded == "llm" and "TransportError" in record.error
     assert r.hub.tts.texts[-1] == "Sorry, trouble answering."
     assert sink.text().endswith("Sorry, trouble answering.") and record.assistant_text.endswith("trouble answering.")
+    spoken_before = "Well, the capital of France is Paris. " if fail_after > 8 else ""
+    assert record.assistant_text == spoken_before + "Sorry, trouble answering."  # the unsaid cut-off is dropped
     assert sink.audio() and sink.types()[-1] == "turn_complete"
     assert r.sessions.records == [record]
     again = await r.orch.text_turn(r.session, "hi", ListSink(), out_rate=RATE)  # the session is still usable

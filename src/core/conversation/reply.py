@@ -52,6 +52,7 @@ class ReplyPipeline:
                 describe(e), exc_info=not isinstance(e, CallError),
             )
             turn.degrade("llm", e)
+            turn.reply_text = speech.queued_text()  # what was cut off unsaid is not part of the reply
         else:
             for chunk in chunker.flush():
                 self._say(turn, speech, chunk)

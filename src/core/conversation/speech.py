@@ -88,9 +88,9 @@ class SpeechOutput:
         played = (time.monotonic() if now is None else now) - self.first_sent_at
         return " ".join(c.text for c in self.chunks if 0 <= c.start_s <= played)
 
-    def spoken_text(self) -> str:
-        """The chunks that got any audio out."""
-        return " ".join(c.text for c in self.chunks if c.start_s >= 0)
+    def queued_text(self) -> str:
+        """Every chunk handed to :meth:`say` so far."""
+        return " ".join(c.text for c in self.chunks)
 
     def playback_end(self) -> float | None:
         """When the client should finish playing what was sent (monotonic), if anything was."""

@@ -48,11 +48,10 @@ async def voice_ws(ws: WebSocket) -> None:
 def _authorized(ws: WebSocket, rt: MainRuntime) -> bool:
     if not rt.api_key_required:
         return True
-    expected: str = getattr(rt, "api_key", "") or ""
     auth = ws.headers.get("authorization", "")
     given = auth[7:] if auth.lower().startswith("bearer ") else ws.headers.get("x-api-key", "")
     given = given or ws.query_params.get("api_key", "")
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+    return hmac.compare_digest(given.encode(), rt.api_key.encode())
 
 
 class VoiceSocket:
