@@ -54,6 +54,9 @@ async def test_the_seeds_request_returns_text_audio_url_and_latency(tmp_path: Pa
         rate, frames = read_wav(audio.content)
         assert rate == body["sample_rate"] == 24000 and frames / rate == pytest.approx(body["audio_duration_s"])
         assert rt.sessions.get("seed-1").voice == "joe"  # the seed's voice_id sticks to the session
+        again = await c.post(CONV, json={"session_id": "seed-1", "message": "And Spain?", "voice_id": "",
+                                         "audio": "none"})
+        assert again.status_code == 200 and rt.sessions.get("seed-1").voice == "joe"  # "" keeps it
         tts = rt.hub.tts.requests  # type: ignore[attr-defined]
         assert tts and all(req.voice == "joe" and req.sample_rate == 24000 for req in tts)
 

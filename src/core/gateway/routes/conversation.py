@@ -135,7 +135,11 @@ def _rate(form_value: str | None, query_value: int | None) -> int | None:
 def session_for(
     rt: MainRuntime, session_id: str | None, *, agent: str | None, voice: str | None, language: str | None
 ) -> Session:
-    """The session a conversation request names (created when unknown), configured for this turn."""
+    """The session a conversation request names (created when unknown), configured for this turn.
+
+    An empty voice or language (the seed sends ``"voice_id": ""``) keeps the session's own.
+    """
+    voice, language = voice or None, language or None
     if session_id:
         try:
             s = rt.sessions.get(session_id)
