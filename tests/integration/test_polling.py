@@ -1,6 +1,7 @@
 """HTTP polling against a real main.py and the real services: a typed and a spoken turn each
 stream their events through long-polling, ending with turn_complete; the reply audio pieces
-join into speech that STT hears as the reply text; one turn at a time per session (409)."""
+join into speech that STT hears as the reply text; one turn at a time per session (409).
+This main records turns, so the spoken turn also checks both sides' WAVs on disk."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 @pytest.fixture(scope="module")
 def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainProcess]:
     tmp: Path = tmp_path_factory.mktemp("polling")
-    cfg = make_config_dir(tmp / "config")
+    cfg = make_config_dir(tmp / "config", lambda doc: doc.setdefault("conversation", {}).update(recordings=True))
     with running_main(tmp / "var", stack_env(tmp / "var", cfg), "polling") as m:
         yield m
 
@@ -103,6 +104,13 @@ def test_a_spoken_turn_through_polling(main_proc: MainProcess, speech_wav: Any) 
     assert final["final"] is True and word_error_rate(QUESTION, final["text"]) <= 0.2
     assert events[-1]["type"] == "turn_complete" and events[-1]["outcome"] == "ok"
     assert any(e["type"] == "audio" for e in events)
+    turn = httpx.get(f"{m.url}/api/sessions/spoken-poller/transcript", timeout=TIMEOUT).json()["turns"][-1]
+    user, reply = Path(turn["user_audio_path"]), Path(turn["assistant_audio_path"])
+    assert user.parent == m.var_dir / "data" / "recordings" / "spoken-poller" and reply.parent == user.parent
+    with wave.open(str(user), "rb") as w:
+        assert w.getframerate() == 16000 and w.getnframes() > 16000  # the spoken question, over a second
+    with wave.open(str(reply), "rb") as w:
+        assert w.getframerate() == 24000 and w.getnframes() > 0
 
 
 def test_polling_refusals(main_proc: MainProcess) -> None:
