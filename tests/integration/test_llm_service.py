@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,19 @@ def test_llama_build_is_the_portable_one_from_the_keyed_cache(llm_python: str) -
     assert "-DGGML_NATIVE=OFF" in cfg.env["CMAKE_ARGS"]
     specs = source_builds(VenvBuilder(Paths.from_env()).requirements(cfg), cfg.env)
     assert specs == ["llama-cpp-python==0.3.36"]
-    cache = source_build_cache(Paths.from_env().cache, specs, cfg.env)
-    assert any(cache.glob("sdists-v*/pypi/llama-cpp-python/0.3.36/*")), f"no build of llama-cpp-python in {cache}"
+    house = source_build_cache(Paths.from_env().cache, specs, cfg.env)
+    wheels = sorted(house.glob("llama_cpp_python-0.3.36-*.whl"))
+    assert wheels, f"no compiled llama-cpp-python wheel in {house}"
+    # the venv's CPU backend must be the one from the keyed (GGML_NATIVE=OFF) wheel, byte for byte
+    with zipfile.ZipFile(wheels[-1]) as whl:
+        lib = next(n for n in whl.namelist() if n.startswith("llama_cpp/") and n.endswith("libggml-cpu.so"))
+        built = whl.read(lib)
+    site = subprocess.run(
+        [llm_python, "-c", "import llama_cpp, os; print(os.path.dirname(llama_cpp.__file__))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()
+    installed = Path(site).parent / lib
+    assert installed.read_bytes() == built, f"{installed} is not the library from {wheels[-1]}"
     code = ("from llama_cpp import Llama; from llama_cpp.llama_chat_format import Jinja2ChatFormatter; "
             "print('ok')")
     out = subprocess.run([llm_python, "-c", code], capture_output=True, text=True, timeout=120)
