@@ -234,3 +234,20 @@ def test_good_control_messages() -> None:
     assert isinstance(cfg, VoiceConfig) and cfg.session_id == "abc" and cfg.sample_rate == 16000
     assert isinstance(parse_control('{"type": "text", "text": "hi"}', max_text_chars=20), TextMessage)
     assert isinstance(parse_control('{"type": "interrupt"}', max_text_chars=20), Command)
+
+
+async def test_a_long_unanswered_stream_is_replaced_in_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression guard: the hub keeps a stream's requests until its first response (replay buffer)."""
+    from core.conversation import voice
+
+    monkeypatch.setattr(voice, "RECYCLE_UNANSWERED_S", 0.2)
+    r = rig()
+    async with r.orch.voice(r.session, ListSink(), out_rate=RATE) as conv:
+        loud = b"\x00\x40" * 320
+        for _ in range(20):
+            await conv.feed(loud)
+        await asyncio.sleep(0.01)
+        assert r.hub.stt.streams == 1  # never cut while there is sound
+        await conv.feed(b"\x00\x00" * 320)
+        await asyncio.sleep(0.01)
+        assert r.hub.stt.streams == 2
