@@ -137,6 +137,8 @@ class FakeStt:
 
 
 class FakeHub:
+    protocols = ("grpc", "msgpack", "json")
+
     def __init__(self) -> None:
         self.llm, self.tts, self.stt = FakeLlm(), FakeTts(), FakeStt()
         self.calls: list[tuple[str, str]] = []
@@ -149,6 +151,8 @@ class FakeHub:
     async def stream(self, service: str, method: str, payload: Any = None, **_: Any) -> AsyncGenerator[Any, None]:
         self.calls.append((service, method))
         source: AsyncGenerator[Any, None]
+        if method == "StreamingRecognize":
+            assert _.get("protocol") == "grpc", "a live STT stream must be pinned to gRPC (full duplex)"
         if method == "Generate":
             source = self.llm.generate(payload)
         elif method == "SynthesizeStream":

@@ -3,7 +3,7 @@
 The client behaves like a microphone: PCM16 16 kHz frames of 20 ms, paced at real time,
 silence between utterances (Piper speech made by tests.helpers.speech). Covers a spoken turn
 (transcript, streamed text, reply audio that Whisper hears as the reply text, the latency
-report), barge-in, a kill -9 of the LLM mid-reply, bad input of every kind, and resuming a
+report), barge-in, a kill -9 of the STT mid-utterance and of the LLM mid-reply, bad input of every kind, and resuming a
 session on a new socket.
 """
 
@@ -245,13 +245,42 @@ async def test_a_session_resumes_on_a_new_socket(main_proc: MainProcess) -> None
         assert ended["session_id"] == fresh["session_id"]
 
 
-async def llm_service(main: MainProcess) -> dict[str, Any]:
-    row: dict[str, Any] = (await get(main, "/services/llm")).json()
+async def service(main: MainProcess, name: str) -> dict[str, Any]:
+    row: dict[str, Any] = (await get(main, f"/services/{name}")).json()
     return row
 
 
+async def restarted(main: MainProcess, name: str, old_pid: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while (row := await service(main, name))["state"] != "RUNNING" or row["pid"] == old_pid:
+        assert time.monotonic() < deadline, f"the supervisor did not restart {name}: {row}"
+        await asyncio.sleep(0.5)
+    return row
+
+
+async def test_kill_9_of_the_stt_mid_utterance_says_not_heard_and_listening_resumes(main_proc: MainProcess) -> None:
+    """A reopened stream that fell back to HTTP (not full duplex) once went deaf; whether a run lands on
+    HTTP depends on timing, so the gRPC pin itself is checked by the unit fakes (FakeHub.stream)."""
+    before = await service(main_proc, "stt")
+    async with Client.open(main_proc) as c:
+        c.speak(silence(0.3) + speech(STORY))
+        await c.wait("speech_started")
+        os.kill(before["pid"], signal.SIGKILL)
+        error = await c.wait("error")
+        assert error["stage"] == "stt" and error["code"] == "UNAVAILABLE", error
+        lost = await c.wait("turn_complete")
+        assert lost["outcome"] == "degraded" and lost["degraded"] == "stt", lost
+        assert lost["assistant_text"] == AgentConfig.model_fields["not_heard_phrase"].default
+        await restarted(main_proc, "stt", before["pid"])
+        await asyncio.sleep(6)  # the conversation's own reopening backoff is at most 5 s
+        mark = len(c.items)
+        c.speak(speech(QUESTION))
+        again = await c.wait("turn_complete", since=mark)
+    assert again["outcome"] == "ok" and word_error_rate(QUESTION, again["user_text"]) <= 0.25, again
+
+
 async def test_kill_9_of_the_llm_mid_reply_speaks_the_fallback_and_recovers(main_proc: MainProcess) -> None:
-    before = await llm_service(main_proc)
+    before = await service(main_proc, "llm")
     async with Client.open(main_proc, {"sample_rate": OUT_RATE}) as c:
         await c.send_json({"type": "text", "text": "Tell me about the history of Rome in great detail."})
         await c.wait("llm_text")
@@ -260,10 +289,7 @@ async def test_kill_9_of_the_llm_mid_reply_speaks_the_fallback_and_recovers(main
         assert done["outcome"] == "degraded" and done["degraded"] == "llm", done
         assert FALLBACK in c.text() and done["assistant_text"].endswith(FALLBACK)
         assert len(c.audio()) > OUT_RATE  # the fallback was spoken
-        deadline = time.monotonic() + 300
-        while (row := await llm_service(main_proc))["state"] != "RUNNING" or row["pid"] == before["pid"]:
-            assert time.monotonic() < deadline, f"the supervisor did not restart the LLM: {row}"
-            await asyncio.sleep(0.5)
+        row = await restarted(main_proc, "llm", before["pid"])
         assert row["restarts"] >= before["restarts"] + 1
         mark = len(c.items)
         c.speak(silence(0.3) + speech(QUESTION))

@@ -4,7 +4,10 @@
 :meth:`SttStream.feed`, and passes each response (VAD events, partials, finals) to a callback.
 It keeps an :class:`AudioClock`: the STT service reports positions on the stream's audio
 clock (seconds of audio received), and the latency report needs the monotonic time at which
-that audio arrived from the client. With recordings on it also keeps the recent audio
+that audio arrived from the client. A live stream must be full duplex, so the conversation pins
+it to gRPC: the HTTP transports send the whole request body before they read the reply, so over
+them no event would come back until the input ended (they do serve push-to-talk, where it
+ends at each utterance). With recordings on it also keeps the recent audio
 (:class:`AudioTape`), so a finished utterance can be saved.
 """
 
@@ -78,6 +81,7 @@ class SttStream:
     def __init__(
         self, hub: CommunicationManager, service: str, config: stt_pb2.StreamingConfig, *,
         on_event: OnEvent, on_end: OnEnd, tape: bool, deadline_s: float, metadata: dict[str, str] | None = None,
+        protocol: str | None = None,
     ) -> None:
         self.hub, self.service, self.config = hub, service, config
         self.on_event, self.on_end = on_event, on_end
@@ -95,7 +99,7 @@ class SttStream:
         self.ends: dict[int, tuple[float | None, float]] = {}
         """Utterance -> (speech end, turn end detected) as monotonic times."""
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._deadline_s, self._metadata = deadline_s, metadata
+        self._deadline_s, self._metadata, self._protocol = deadline_s, metadata, protocol
         self.task = asyncio.create_task(self._run(), name="stt-stream")
 
     def feed(self, pcm: bytes, at: float) -> None:
@@ -131,7 +135,7 @@ class SttStream:
         try:
             events = self.hub.stream(
                 self.service, "StreamingRecognize", self._requests(), deadline_s=self._deadline_s,
-                metadata=self._metadata,
+                metadata=self._metadata, protocol=self._protocol,
             )
             async with contextlib.aclosing(events) as responses:
                 async for response in responses:

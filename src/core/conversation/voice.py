@@ -147,6 +147,7 @@ class VoiceConversation:
             self.orch.hub, self.orch.services["stt"], config, on_event=self._on_event, on_end=self._on_end,
             tape=self.orch.config.recordings, deadline_s=STREAM_DEADLINE_S,
             metadata={"x-request-id": f"voice-{self.session.id}"},
+            protocol="grpc" if "grpc" in self.orch.hub.protocols else None,  # full duplex (see stt_stream)
         )
         self._streams.add(stream)
         return stream
