@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.managers.hub import CommunicationManager
-from scripts.bench._services_client import Probe
+from scripts.bench._services_client import Probe, cpu_seconds
 from tests.helpers.speech import speech_path
 from tests.helpers.text import word_error_rate
 
@@ -164,17 +164,26 @@ def derive(m: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_ab(
-    cases: list[Case], probe: Probe, iterations: int, warmup: int, say: Callable[[str], None]
+    cases: list[Case], probe: Probe, service_pid: int, iterations: int, warmup: int, say: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """Each case ``warmup`` + ``iterations`` times, service and bare back to back in alternating order."""
+    """Each case ``warmup`` + ``iterations`` times, service and bare back to back in alternating order.
+
+    Each side also gets ``cpu_s``: the CPU time its process (the service's, or the probe's) used
+    for the work, so a difference in wall time can be told apart from a difference in work; the
+    service side adds ``hub_cpu_s``, what this process (the hub's client side) used meanwhile."""
     records: list[dict[str, Any]] = []
+    pids = {"service": service_pid, "bare": probe.proc.pid}
     for it in range(warmup + iterations):
         for k, case in enumerate(cases):
             order = ("service", "bare") if (it + k) % 2 == 0 else ("bare", "service")
             got: dict[str, dict[str, Any]] = {}
             for side in order:
+                cpu0, own0 = cpu_seconds(pids[side]), time.process_time()
                 raw = await case.via_hub() if side == "service" else await probe.ask(case.bare)
-                got[side] = derive(raw) | case.check(raw)
+                cpu = {"cpu_s": cpu_seconds(pids[side]) - cpu0}
+                if side == "service":  # this process's share: the hub's client side of the call
+                    cpu["hub_cpu_s"] = time.process_time() - own0
+                got[side] = derive(raw) | case.check(raw) | cpu
             if it < warmup:
                 continue
             for side, m in got.items():
@@ -182,5 +191,6 @@ async def run_ab(
                                 "first": order[0], **m})
             s, b = got["service"], got["bare"]
             say(f"  {case.name:<16} #{it - warmup + 1}: first {s['first_s'] * 1e3:7.1f} ms vs bare "
-                f"{b['first_s'] * 1e3:7.1f} ms; total {s['total_s'] * 1e3:7.1f} vs {b['total_s'] * 1e3:7.1f} ms")
+                f"{b['first_s'] * 1e3:7.1f} ms; total {s['total_s'] * 1e3:7.1f} vs {b['total_s'] * 1e3:7.1f} ms; "
+                f"cpu {s['cpu_s'] * 1e3:6.0f} vs {b['cpu_s'] * 1e3:6.0f} ms")
     return records

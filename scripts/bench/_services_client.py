@@ -22,6 +22,12 @@ PROBE_MODULE = "scripts.bench._services_probe"
 ``services`` package on sys.path."""
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ProbeError(Exception):
     """The probe died, timed out or reported an error; the message says which."""
 

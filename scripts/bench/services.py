@@ -106,7 +106,10 @@ class Bench:
             load = os.getloadavg()
             t0 = time.perf_counter()
             say(f"{name}: {len(cases)} cases x ({self.args.warmup} warmup + {self.args.iterations}) A/B pairs")
-            records += await run_ab(cases, self.probes[name], self.args.iterations, self.args.warmup, say)
+            pid = self.sup.status(name).pid
+            if pid is None:
+                raise BenchFailed(f"service {name} has no process (state {self.sup.status(name).state.value})")
+            records += await run_ab(cases, self.probes[name], pid, self.args.iterations, self.args.warmup, say)
             sections[name] = {"loadavg_before": load, "loadavg_after": os.getloadavg(),
                               "seconds": time.perf_counter() - t0,
                               "cases": [{"group": c.group, "case": c.name, **c.info} for c in cases]}
