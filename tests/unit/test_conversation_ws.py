@@ -1,8 +1,9 @@
 """/ws/voice in-process: the real route, sessions, store and orchestrator on the scripted FakeHub.
 
 Covers the protocol without model services: the API key, the default session after the grace
-period, typed turns, bad input as error events on a socket that keeps working, and
-resume / reset / end. The real services are exercised in tests/integration/test_ws_voice.py.
+period, typed turns, bad input as error events on a socket that keeps working, admission
+refusals as error events, and resume / reset / end. The real services are exercised in
+tests/integration/test_ws_voice.py.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     api_key: str = getattr(request, "param", "")
-    settings = load_settings(ROOT / "config", env={}).model_copy(
-        update={"conversation": ConversationConfig(max_ws_frame_bytes=4096, max_text_chars=100)}
-    )
+    conf = ConversationConfig(max_ws_frame_bytes=4096, max_text_chars=100, max_concurrent_turns=1, admission_wait_s=0.2)
+    settings = load_settings(ROOT / "config", env={}).model_copy(update={"conversation": conf})
     paths = Paths(root=ROOT, var=tmp_path / "var", cache=tmp_path / "cache", venvs=tmp_path / "venvs")
     g = GlobalContext.create(settings, paths)
 
@@ -127,6 +127,26 @@ def test_resume_reset_and_end(client: TestClient) -> None:
     with client.websocket_connect("/ws/voice") as ws:  # the session that was reset is over
         ws.send_text(json.dumps({"type": "config", "session_id": sid}))
         assert until(ws, "error")[0]["code"] == "NOT_FOUND"
+
+
+def test_a_full_admission_is_an_unavailable_error_with_retry_after(client: TestClient) -> None:
+    hub: FakeHub = client.app.state.runtime.hub  # type: ignore[attr-defined]
+    hub.llm.hang_after = 2  # the first turn holds the only slot until it is interrupted
+    with client.websocket_connect("/ws/voice") as a, client.websocket_connect("/ws/voice") as b:
+        for ws in (a, b):
+            ws.send_text(json.dumps({"type": "config"}))
+            until(ws, "ready")
+        a.send_text(json.dumps({"type": "text", "text": "talk forever"}))
+        until(a, "llm_text")
+        b.send_text(json.dumps({"type": "text", "text": "me too"}))
+        error, _ = until(b, "error")
+        assert error["code"] == "UNAVAILABLE" and error["retry_after_s"] >= 1
+        assert "max_concurrent_turns" in error["message"]
+        a.send_text(json.dumps({"type": "interrupt"}))
+        assert until(a, "turn_complete")[0]["outcome"] == "interrupted"
+        hub.llm.hang_after = None
+        b.send_text(json.dumps({"type": "text", "text": "me too"}))
+        assert until(b, "turn_complete")[0]["outcome"] == "ok"
 
 
 @pytest.mark.parametrize("client", ["s3cret"], indirect=True)
