@@ -51,7 +51,7 @@ class Orchestrator:
         self.recorder, self.config, self.services = recorder, config, dict(services)
         self.log = logging.getLogger(f"{ctx.log.name}.conversation")
         self.metrics = TurnMetrics(ctx.registry)
-        self.replies = ReplyPipeline(hub, self.services, self.log)
+        self.replies = ReplyPipeline(hub, self.services, self.log, keep_audio=config.recordings)
 
     async def text_turn(self, session: Session, text: str, sink: EventSink, *, out_rate: int) -> TurnRecord:
         """A typed turn; raises ``Overloaded`` when admission is full."""

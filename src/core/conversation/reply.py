@@ -26,9 +26,10 @@ LLM_DEADLINE_S = 120.0
 class ReplyPipeline:
     def __init__(
         self, hub: CommunicationManager, services: Mapping[str, str], log: logging.Logger, *,
-        first_min_words: int = 3,
+        first_min_words: int = 3, keep_audio: bool = False,
     ) -> None:
-        self.hub, self.log, self.first_min_words = hub, log, first_min_words
+        """``keep_audio``: keep each reply's audio on its turn (recordings are on)."""
+        self.hub, self.log, self.first_min_words, self.keep_audio = hub, log, first_min_words, keep_audio
         self.llm, self.tts = services["llm"], services["tts"]
 
     def speech_for(self, turn: Turn) -> SpeechOutput:
@@ -36,7 +37,7 @@ class ReplyPipeline:
         turn.speech = SpeechOutput(
             self.hub, self.tts, turn.sink, turn.report, voice=turn.session.voice or agent.voice,
             engine=agent.tts_engine, language=turn.session.language or agent.language, out_rate=turn.out_rate,
-            log=self.log, metadata={"x-request-id": turn.turn_id},
+            log=self.log, metadata={"x-request-id": turn.turn_id}, keep_audio=self.keep_audio,
         )
         return turn.speech
 

@@ -42,14 +42,17 @@ class SpeechOutput:
     def __init__(
         self, hub: CommunicationManager, service: str, sink: EventSink, report: LatencyReport, *,
         voice: str, engine: str, language: str, out_rate: int, log: logging.Logger,
-        metadata: Mapping[str, str] | None = None, parallel: int = 2,
+        metadata: Mapping[str, str] | None = None, parallel: int = 2, keep_audio: bool = False,
     ) -> None:
+        """``keep_audio`` keeps a copy of everything sent in :attr:`audio` (for recordings)."""
         self.hub, self.service, self.sink, self.report, self.log = hub, service, sink, report, log
         self.voice, self.engine, self.language, self.out_rate = voice, engine, language, out_rate
         self.metadata = metadata
         self.chunks: list[_Chunk] = []
         self.error: BaseException | None = None
         self.audio = bytearray()
+        self.bytes_sent = 0
+        self._keep_audio = keep_audio
         self.first_sent_at: float | None = None
         self._slots = asyncio.Semaphore(parallel)
         self._order: asyncio.Queue[_Chunk | None] = asyncio.Queue()
@@ -58,7 +61,7 @@ class SpeechOutput:
 
     @property
     def seconds_sent(self) -> float:
-        return len(self.audio) / 2 / self.out_rate
+        return self.bytes_sent / 2 / self.out_rate
 
     def say(self, text: str) -> None:
         """Queue a chunk; its synthesis starts now (unless TTS already failed in this reply)."""
@@ -144,7 +147,9 @@ class SpeechOutput:
             if self.first_sent_at is None:
                 self.first_sent_at = time.monotonic()
                 self.report.mark("first_audio_sent", self.first_sent_at)
-            self.audio += frame
+            self.bytes_sent += len(frame)
+            if self._keep_audio:
+                self.audio += frame
 
     async def _failed(self, chunk: _Chunk, err: BaseException) -> None:
         self.error = err
