@@ -4,6 +4,11 @@ The probe is started with the service's interpreter (``VenvBuilder.python_for``)
 supervisor would give the service (its ``env:`` block, its venv on PATH), is handed the service's
 effective config, and then answers one command at a time. Its stderr goes to a log file, whose
 tail the bench prints when something fails.
+
+Like a service (the supervisor spawns each in a session of its own), the probe leads its own
+session: with the kernel's autogroup scheduling on (``/proc/sys/kernel/sched_autogroup_enabled``)
+a session is the unit that shares the CPUs under contention, so both sides compete on the same
+terms. It exits when its stdin closes, so it never outlives the bench.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Probe:
             proc = await asyncio.create_subprocess_exec(
                 str(python), "-m", PROBE_MODULE, cfg.name, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=log, cwd=str(paths.root), env=env,
+                start_new_session=True,
             )
         probe = cls(cfg.name, proc, log_path)
         spec = {"config": cfg.model_dump(mode="json"), "paths": paths.to_dict()}

@@ -194,9 +194,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup, "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
         "elapsed_s": time.perf_counter() - started, "python": platform.python_version(),
         "machine": platform.machine(), "protocol": "grpc", "var_dir": str(args.var_dir),
+        "sched_autogroup": _read("/proc/sys/kernel/sched_autogroup_enabled"),
     }
     return {"meta": meta, "rows": rows, "summary": summary, "checks": checks, "rss": rss, "sections": sections,
             "engines": details, "notes": notes(records), "records": records}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
