@@ -1,22 +1,19 @@
-"""Integration fixtures: the STT service's own venv, Piper speech, and service logs on failure.
+"""Integration fixtures: the services' own venvs, Piper speech, and service logs on failure.
 
-``stt_python`` is ``$UV_STT_PYTHON`` when set, else the STT venv the supervisor builds for the
-default profile (built here if ``main.py --prepare-only`` has not run yet).
-A test that registers a service log with ``service_logs`` gets its tail in the failure report.
+``stt_python`` (``llm_python``, ``tts_python``) is ``$UV_STT_PYTHON`` when set, else the STT venv
+the supervisor builds for the default profile (built here if ``main.py --prepare-only`` has not
+run yet). A failing test gets the log tail of every ``ServiceProcess`` among its fixtures, and of
+each service log it registered with ``service_logs``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
 
-from core.config import load_settings
-from core.context import Paths
-from core.managers.supervisor import VenvBuilder
+from tests.helpers.service_process import ServiceProcess, service_python
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_LOGS = pytest.StashKey[list[Callable[[], str]]]()
@@ -25,13 +22,17 @@ LOG_TAIL_LINES = 120
 
 @pytest.fixture(scope="session")
 def stt_python() -> str:
-    """Interpreter of the STT service's own venv: the one main builds (``main.py --prepare-only``)."""
-    given = os.environ.get("UV_STT_PYTHON")
-    if given:
-        return given
-    settings = load_settings(env={})
-    venv = asyncio.run(VenvBuilder(Paths.from_env()).ensure(settings.services["stt"]))
-    return str(venv / "bin" / "python")
+    return service_python("stt")
+
+
+@pytest.fixture(scope="session")
+def llm_python() -> str:
+    return service_python("llm")
+
+
+@pytest.fixture(scope="session")
+def tts_python() -> str:
+    return service_python("tts")
 
 
 @pytest.fixture
@@ -50,7 +51,9 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
-        for i, read in enumerate(item.stash.get(SERVICE_LOGS, [])):
+        procs = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, ServiceProcess)]
+        reads = [*item.stash.get(SERVICE_LOGS, []), *(p.log_text for p in procs)]
+        for i, read in enumerate(dict.fromkeys(reads)):
             tail = "\n".join(read().splitlines()[-LOG_TAIL_LINES:])
             report.sections.append((f"service log {i} (last {LOG_TAIL_LINES} lines)", tail))
     return report

@@ -10,17 +10,15 @@ token counts and the service's own log.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
 import subprocess
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import httpx
@@ -30,12 +28,12 @@ import psutil
 import pytest
 
 from core.config import load_settings
-from core.context import GlobalContext, Paths, ProcessContext, ServiceContext
+from core.context import Paths
 from core.managers.supervisor import VenvBuilder
 from core.managers.supervisor.venv import source_build_cache, source_builds
 from core.wire import CONTROL_OPS, operation
 from services.runtime import EXIT_STARTUP
-from tests.helpers.stt_process import ROOT, SERVING, eventually, free_port
+from tests.helpers.service_process import SERVING, ServiceProcess, eventually, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -48,88 +46,26 @@ COUNT = "Count from 1 to 200, separated by commas. Do not stop early."
 Logs = Callable[[Callable[[], str]], None]
 
 
-@pytest.fixture(scope="session")
-def llm_python() -> str:
-    """Interpreter of the LLM service's own venv, as main builds it (``$UV_LLM_PYTHON`` overrides)."""
-    given = os.environ.get("UV_LLM_PYTHON")
-    if given:
-        return given
-    venv = asyncio.run(VenvBuilder(Paths.from_env()).ensure(load_settings(env={}).services["llm"]))
-    return str(venv / "bin" / "python")
-
-
 @dataclass
-class LlmProcess:
-    """``python -m services.llm`` launched the way main launches it, with clients for the tests."""
+class LlmProcess(ServiceProcess):
+    """``python -m services.llm``, with the real ``openai`` SDK on its OpenAI routes."""
 
-    python: str
-    workdir: Path
-    options: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    grpc_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    service: str = "llm"
+    timeout: float = 300
+    token_header: bool = True
 
     def __post_init__(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"llm-{self.grpc_port}.log"
-        settings = load_settings(env={})
-        base = settings.services["llm"]
-        cfg = base.model_copy(update={"options": {**base.options, **self.options}, "enabled": True, **self.overrides})
-        settings = settings.model_copy(update={"services": {**settings.services, "llm": cfg}})
-        paths = Paths(root=ROOT, var=self.workdir / "var", cache=Paths.from_env().cache, venvs=ROOT / ".venvs")
-        self.ctx = ServiceContext(ProcessContext(global_=GlobalContext.create(settings, paths), name="llm"), cfg,
-                                  self.grpc_port, self.http_port, parent_pid=os.getpid())
-        self.token = self.ctx.token
-        self.metadata = [("x-internal-token", self.token)]
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=300,
-                                 headers={"x-internal-token": self.token})
+        super().__post_init__()
         self.openai = openai.OpenAI(base_url=f"http://127.0.0.1:{self.http_port}/v1", api_key=self.token,
                                     max_retries=0, timeout=300)
 
-    def start(self) -> LlmProcess:
-        env = {**os.environ, **self.ctx.config.env, **self.ctx.launch_env(), "PYTHONUNBUFFERED": "1"}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([self.python, "-m", "services.llm"], env=env, cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        return self
-
-    def health(self) -> int | None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        try:
-            reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.RpcError:
-            return None
-        return int(reply.status)
-
-    def wait_serving(self, timeout: float = 600) -> LlmProcess:
-        eventually(lambda: self.health() == SERVING, timeout, "LLM gRPC health SERVING", self)  # type: ignore[arg-type]
-        return self
-
-    def call(self, method: str, request: Any) -> Any:
-        op = CONTROL_OPS.get(method) or operation("llm", method)
-        stub = self.channel.unary_unary(op.grpc_path, request_serializer=op.request.SerializeToString,
-                                        response_deserializer=op.response.FromString)
-        return stub(request, metadata=self.metadata, timeout=300)
+    def wait_serving(self, timeout: float = 600) -> Self:
+        return super().wait_serving(timeout)
 
     def generate(self, text: str = FRANCE, timeout: float = 300, **fields: Any) -> Any:
         """A gRPC Generate stream (iterate it; ``cancel()`` cancels the call)."""
-        stub = self.channel.unary_stream(GEN.grpc_path, request_serializer=GEN.request.SerializeToString,
-                                         response_deserializer=GEN.response.FromString)
-        req = GEN.request(messages=[{"role": "user", "content": text}], **fields)
-        return stub(req, metadata=self.metadata, timeout=timeout)
-
-    def metric(self, name: str, **labels: str) -> float:
-        want = ",".join(f'{k}="{v}"' for k, v in sorted({"service": "llm", **labels}.items()))
-        for line in self.http.get("/metrics").text.splitlines():
-            if line.startswith(f"{name}{{{want}}} "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+        return self.server_stream("Generate", GEN.request(messages=[{"role": "user", "content": text}], **fields),
+                                  timeout)
 
     def log_events(self, message: str) -> list[dict[str, Any]]:
         out = []
@@ -146,35 +82,14 @@ class LlmProcess:
         return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
-        self.channel.close()
-        self.http.close()
         self.openai.close()
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return super().stop(sig, timeout)
 
 
 @pytest.fixture(scope="module")
-def shared(llm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmProcess]:
-    proc = LlmProcess(llm_python, tmp_path_factory.mktemp("llm"), options={"max_queue": 1}).start()
-    try:
-        proc.wait_serving()
+def llm(llm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmProcess]:
+    with LlmProcess(llm_python, tmp_path_factory.mktemp("llm"), options={"max_queue": 1}).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def llm(shared: LlmProcess, service_logs: Logs) -> LlmProcess:
-    service_logs(shared.log_text)
-    return shared
 
 
 def drain(stream: Any) -> tuple[str, Any]:

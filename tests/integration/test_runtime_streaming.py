@@ -26,8 +26,8 @@ from core.errors import DeadlineExceeded, InvalidArgument, ServiceFailed, Transp
 from core.managers.endpoint import Endpoint
 from core.managers.hub import CommunicationManager
 from services.runtime.lifecycle import EXIT_OK, EXIT_STARTUP
+from tests.helpers.service_process import eventually, free_port
 from tests.helpers.stream_process import NAME, StreamServiceProcess
-from tests.helpers.stt_process import eventually, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 PROTOCOLS = ["grpc", "msgpack", "json"]
@@ -65,18 +65,12 @@ def generate(text: str, **kw: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamServiceProcess]:
     proc = StreamServiceProcess(tmp_path_factory.mktemp("stream"), options={"interval_ms": INTERVAL_MS})
-    proc.start()
-    try:
-        proc.wait_ready()
+    with proc.running(readyz=True):
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
-async def hub(svc: StreamServiceProcess, service_logs: Callable[[Callable[[], str]], None]
-              ) -> AsyncIterator[CommunicationManager]:
-    service_logs(svc.log_text)
+async def hub(svc: StreamServiceProcess) -> AsyncIterator[CommunicationManager]:
     h = make_hub(svc)
     yield h
     await h.close()

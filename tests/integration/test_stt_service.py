@@ -23,8 +23,9 @@ import openai
 import pytest
 
 from core.wire import CONTROL_OPS, operation
+from tests.helpers.service_process import SERVING, eventually
 from tests.helpers.speech import convert, convert_wav, speech_bytes
-from tests.helpers.stt_process import SERVING, SttProcess, eventually
+from tests.helpers.stt_process import SttProcess
 from tests.helpers.text import normalize, word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -40,24 +41,14 @@ Logs = Callable[[Callable[[], str]], None]
 
 
 @pytest.fixture(scope="module")
-def shared(stt_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SttProcess]:
-    proc = SttProcess(
+def stt(stt_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SttProcess]:
+    with SttProcess(
         stt_python,
         tmp_path_factory.mktemp("stt"),
         options={"max_audio_s": MAX_AUDIO_S, "language": "en"},
         overrides={"max_request_bytes": MAX_REQUEST_BYTES},
-    ).start()
-    try:
-        proc.wait_serving()
+    ).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def stt(shared: SttProcess, service_logs: Logs) -> SttProcess:
-    service_logs(shared.log_text)
-    return shared
 
 
 @pytest.fixture

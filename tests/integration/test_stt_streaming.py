@@ -28,8 +28,9 @@ from core.managers.hub import CommunicationManager
 from core.wire import operation
 from core.wire.codec import message_to_dict
 from core.wire.frames import MSGPACK_TYPE, FrameReader, frame_message
+from tests.helpers.service_process import eventually
 from tests.helpers.speech import Pcm, convert, pcm_to_wav
-from tests.helpers.stt_process import SttProcess, eventually
+from tests.helpers.stt_process import SttProcess
 from tests.helpers.text import word_error_rate
 from uvpb import stt_pb2
 
@@ -41,23 +42,11 @@ STREAM = operation("stt", "StreamingRecognize")
 DETECT = operation("stt", "DetectSpeech")
 FRAME = 640  # 20 ms of PCM16 at 16 kHz
 
-Logs = Callable[[Callable[[], str]], None]
-
 
 @pytest.fixture(scope="module")
-def shared(stt_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SttProcess]:
-    proc = SttProcess(stt_python, tmp_path_factory.mktemp("stt-stream"), options={"language": "en"}).start()
-    try:
-        proc.wait_serving()
+def stt(stt_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SttProcess]:
+    with SttProcess(stt_python, tmp_path_factory.mktemp("stt-stream"), options={"language": "en"}).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def stt(shared: SttProcess, service_logs: Logs) -> SttProcess:
-    service_logs(shared.log_text)
-    return shared
 
 
 def silence(seconds: float) -> bytes:

@@ -7,16 +7,14 @@ thresholds. The round trip transcribes the speech with the real STT service.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +25,11 @@ import openai
 import pytest
 import soundfile
 
-from core.config import load_settings
-from core.context import GlobalContext, Paths, ProcessContext, ServiceContext
-from core.managers.supervisor import VenvBuilder
 from core.wire import CONTROL_OPS, operation
 from core.wire.frames import FrameReader
 from services.runtime import EXIT_STARTUP
-from tests.helpers.stt_process import ROOT, SERVING, SttProcess, eventually, free_port
+from tests.helpers.service_process import ServiceProcess, eventually
+from tests.helpers.stt_process import SttProcess
 from tests.helpers.text import word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -49,119 +45,26 @@ STORY = (
 Logs = Callable[[Callable[[], str]], None]
 
 
-@pytest.fixture(scope="session")
-def tts_python() -> str:
-    """Interpreter of the TTS service's own venv, as main builds it (``$UV_TTS_PYTHON`` overrides)."""
-    given = os.environ.get("UV_TTS_PYTHON")
-    if given:
-        return given
-    venv = asyncio.run(VenvBuilder(Paths.from_env()).ensure(load_settings(env={}).services["tts"]))
-    return str(venv / "bin" / "python")
-
-
 @dataclass
-class TtsProcess:
-    """``python -m services.tts`` launched the way main launches it, with clients for the tests."""
+class TtsProcess(ServiceProcess):
+    """``python -m services.tts``, with its SynthesizeStream and HTTP ``/rpc`` posts."""
 
-    python: str
-    workdir: Path
-    options: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    grpc_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"tts-{self.grpc_port}.log"
-        settings = load_settings(env={})
-        base = settings.services["tts"]
-        cfg = base.model_copy(update={"options": {**base.options, **self.options}, "enabled": True, **self.overrides})
-        settings = settings.model_copy(update={"services": {**settings.services, "tts": cfg}})
-        paths = Paths(root=ROOT, var=self.workdir / "var", cache=Paths.from_env().cache, venvs=ROOT / ".venvs")
-        g = GlobalContext.create(settings, paths)
-        self.ctx = ServiceContext(ProcessContext(global_=g, name="tts"), cfg, self.grpc_port, self.http_port,
-                                  parent_pid=os.getpid())
-        self.token = self.ctx.token
-        self.metadata = [("x-internal-token", self.token)]
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=300,
-                                 headers={"x-internal-token": self.token})
-
-    def start(self) -> TtsProcess:
-        env = {**os.environ, **self.ctx.config.env, **self.ctx.launch_env(), "PYTHONUNBUFFERED": "1"}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([self.python, "-m", "services.tts"], env=env, cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        return self
-
-    def health(self) -> int | None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        try:
-            reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.RpcError:
-            return None
-        return int(reply.status)
-
-    def wait_serving(self, timeout: float = 300) -> TtsProcess:
-        eventually(lambda: self.health() == SERVING, timeout, "TTS gRPC health SERVING", self)  # type: ignore[arg-type]
-        return self
-
-    def call(self, method: str, request: Any, timeout: float = 300) -> Any:
-        op = CONTROL_OPS.get(method) or operation("tts", method)
-        stub = self.channel.unary_unary(op.grpc_path, request_serializer=op.request.SerializeToString,
-                                        response_deserializer=op.response.FromString)
-        return stub(request, metadata=self.metadata, timeout=timeout)
+    service: str = "tts"
+    timeout: float = 300
+    token_header: bool = True
 
     def stream(self, request: Any, timeout: float = 300) -> Any:
-        stub = self.channel.unary_stream(STREAM.grpc_path, request_serializer=STREAM.request.SerializeToString,
-                                         response_deserializer=STREAM.response.FromString)
-        return stub(request, metadata=self.metadata, timeout=timeout)
+        return self.server_stream("SynthesizeStream", request, timeout)
 
     def post(self, method: str, body: dict[str, Any], media: str = "application/msgpack") -> httpx.Response:
         content = msgpack.packb(body, use_bin_type=True) if "msgpack" in media else json.dumps(body)
         return self.http.post(f"{RPC}/{method}", content=content, headers={"content-type": media})
 
-    def metric(self, name: str, **labels: str) -> float:
-        want = ",".join(f'{k}="{v}"' for k, v in sorted({"service": "tts", **labels}.items()))
-        for line in self.http.get("/metrics").text.splitlines():
-            if line.startswith(f"{name}{{{want}}} "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
-        self.channel.close()
-        self.http.close()
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 @pytest.fixture(scope="module")
-def shared(tts_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TtsProcess]:
-    proc = TtsProcess(tts_python, tmp_path_factory.mktemp("tts")).start()
-    try:
-        proc.wait_serving()
+def tts(tts_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TtsProcess]:
+    with TtsProcess(tts_python, tmp_path_factory.mktemp("tts")).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def tts(shared: TtsProcess, service_logs: Logs) -> TtsProcess:
-    service_logs(shared.log_text)
-    return shared
 
 
 def decode(audio: bytes) -> tuple[Any, int]:
@@ -334,12 +237,8 @@ def test_metrics_per_engine(tts: TtsProcess) -> None:
 
 @pytest.fixture(scope="module")
 def stt(stt_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SttProcess]:
-    proc = SttProcess(stt_python, tmp_path_factory.mktemp("stt"), options={"language": "en"}).start()
-    try:
-        proc.wait_serving()
+    with SttProcess(stt_python, tmp_path_factory.mktemp("stt"), options={"language": "en"}).running() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 ROUND_TRIPS = [
