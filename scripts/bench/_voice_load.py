@@ -4,11 +4,15 @@ A level is N WebSocket sessions at once, each a real-time microphone speaking ``
 utterances one after another (a fresh session between them), with start offsets spread over
 the first second so the utterances overlap the way concurrent users' do. Each turn ends
 answered, rejected (admission control's ``UNAVAILABLE``) or LOST (neither within the timeout).
+Spoken turns reach admission one by one (the STT finals come out of one Whisper decoder), so a
+typed burst (N sockets sending a ``text`` turn at the same instant) checks what happens above
+admission's capacity: every turn answered or explicitly rejected within 2 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -40,6 +44,18 @@ async def run_level(url: str, out_rate: int, pool: Sequence[Utterance], sessions
         session(url, out_rate, plan, delay_s=rng.uniform(0, 1.0), within_s=within_s) for plan in plans
     ))
     return [t for per_session in done for t in per_session]
+
+
+async def typed_burst(url: str, out_rate: int, texts: Sequence[str], sessions: int, *,
+                      within_s: float) -> list[TurnResult]:
+    """``sessions`` sockets send one typed turn each at the same instant: more turns than admission holds."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = await asyncio.gather(*(
+            stack.enter_async_context(VoiceClient.open(url, out_rate)) for _ in range(sessions)
+        ))
+        return list(await asyncio.gather(*(
+            c.typed(texts[i % len(texts)], within_s=within_s) for i, c in enumerate(clients)
+        )))
 
 
 class LoadSampler:

@@ -47,6 +47,8 @@ class TurnResult:
     lost: bool = False
     why: str = ""
     finals: int = 0
+    typed: bool = False
+    """A typed ``text`` turn (no speech): needs no transcript; client latency runs from the send."""
     turns: int = 0
     client_v2v_s: float | None = None
     report: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +62,7 @@ class TurnResult:
     @property
     def answered(self) -> bool:
         """A final transcript, reply text and reply audio."""
-        return bool(self.finals and self.reply.strip() and self.audio_s > 0)
+        return bool((self.finals or self.typed) and self.reply.strip() and self.audio_s > 0)
 
     @property
     def wer(self) -> float:
@@ -151,6 +153,21 @@ class VoiceClient:
             res.lost, res.why = True, "no final transcript, reply text and audio, and no rejection"
         return res
 
+    async def typed(self, text: str, *, within_s: float = 120) -> TurnResult:
+        """A typed turn (``{"type": "text"}``): admission without the STT stage in front of it."""
+        res = TurnResult("typed", "text", text, typed=True)
+        mark = len(self.items)
+        await self.ws.send(json.dumps({"type": "text", "text": text}))
+        self.speech_end_sent = time.monotonic()
+        try:
+            await self.wait_for(lambda: bool(self._ends(mark)), within_s, "end of a typed turn")
+        except TimeoutError as e:
+            res.lost, res.why = True, str(e)
+        self._collect(res, mark)
+        if not res.lost and not res.rejected and not res.answered:
+            res.lost, res.why = True, "no reply text and audio, and no rejection"
+        return res
+
     def _ends(self, mark: int) -> list[dict[str, Any]]:
         """Events that end a turn: turn_complete, or an error naming a turn without a stage (not run)."""
         return [e for e in self.events(None, mark) if e["type"] == "turn_complete"
@@ -180,9 +197,9 @@ class VoiceClient:
         rejections = [e for e in ends if e["type"] == "error" and e.get("code") == "UNAVAILABLE"]
         if rejections and not done:
             res.rejected, res.outcome = True, "rejected"
-            final_at = next(t for t, i in items if isinstance(i, dict) and i.get("final"))
             rej_at = next(t for t, i in items if i is rejections[0])
-            res.reject_after_s = round(rej_at - final_at, 4)
+            final_at = next((t for t, i in items if isinstance(i, dict) and i.get("final")), self.speech_end_sent)
+            res.reject_after_s = None if final_at is None else round(rej_at - final_at, 4)
         elif ends and not done:
             res.outcome = "error"
         if self.speech_end_sent is not None:

@@ -14,8 +14,9 @@ var/bench/voice-run) and, on those services:
      breakdown) and the client's own voice-to-voice (last speech frame sent -> first reply
      audio received);
    - **sequential** and **engine floor** baselines (``_voice_baselines``);
-3. load: 1, 2, 4, 8 concurrent sessions of a few turns each: p95 and admission rejections;
-   a turn neither answered nor explicitly rejected is LOST.
+3. load: 1, 2, 4, 8 concurrent sessions of a few spoken turns each: p95 and admission
+   rejections; then a burst of typed turns at one instant, above admission's capacity. A turn
+   neither answered nor explicitly rejected is LOST.
 
 It prints the tables and the targets (OK/MISS) and writes everything as JSON (``--out``), with
 the machine's load average during the run (it is shared). A failure, or a lost turn, prints
@@ -40,11 +41,11 @@ import httpx
 
 from core.config import load_settings
 from scripts.bench import _voice_baselines as baselines
-from scripts.bench._voice_load import LoadSampler, run_level
+from scripts.bench._voice_load import LoadSampler, run_level, typed_burst
 from scripts.bench._voice_report import accuracy, check_targets, load_row, print_report, summarize
 from scripts.bench._voice_speech import ESPEAK_HINT, QUESTIONS, SOURCES, Utterance, espeak_binary, make_utterances
 from scripts.bench._voice_stack import ROOT, MainStack
-from scripts.bench._voice_ws import VoiceClient
+from scripts.bench._voice_ws import TurnResult, VoiceClient
 
 OUT_RATE = 24000
 WARMUP = "Please say hello to everyone."
@@ -148,12 +149,22 @@ class Bench:
             t = time.monotonic()
             turns = await run_level(self.stack.ws_url, OUT_RATE, pool, level, self.args.load_turns,
                                     within_s=self.args.load_timeout, seed=level)
-            row = load_row(level, [x.to_dict() for x in turns], time.monotonic() - t, self.conv.max_concurrent_turns)
-            row["records"] = [x.to_dict() for x in turns]
-            rows.append(row)
-            say(f"  load {level} sessions: {row['answered']} answered, {row['rejected']} rejected, {row['lost']} lost, "
-                f"p95 {row['server_v2v']['p95']} s ({row['wall_s']} s)")
+            rows.append(self._row(f"{level}", turns, time.monotonic() - t))
+        if self.args.burst:
+            self.stack.check_alive()
+            t = time.monotonic()
+            turns = await typed_burst(self.stack.ws_url, OUT_RATE, [u.text for u in pool], self.args.burst,
+                                      within_s=self.args.load_timeout)
+            rows.append(self._row(f"{self.args.burst} typed", turns, time.monotonic() - t))
         return rows
+
+    def _row(self, label: str, turns: list[TurnResult], wall_s: float) -> dict[str, Any]:
+        records = [x.to_dict() for x in turns]
+        row = load_row(label, records, wall_s, self.conv.max_concurrent_turns)
+        row["records"] = records
+        say(f"  load {label} sessions: {row['answered']} answered, {row['rejected']} rejected, {row['lost']} lost, "
+            f"p95 {_s(row['server_v2v']['p95'])} (client {_s(row['client_v2v']['p95'])}), {row['wall_s']} s")
+        return row
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -204,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "default 8, --quick 4)")
     ap.add_argument("--sources", default=",".join(SOURCES), help="test speech sources: piper,kokoro,espeak")
     ap.add_argument("--levels", default="1,2,4,8", help="concurrent sessions per load level ('' skips load)")
+    ap.add_argument("--burst", type=int, default=8,
+                    help="after the levels, this many sockets send a typed turn at once (0 skips)")
     ap.add_argument("--load-turns", type=int, default=None, help="turns per load session (default 3, --quick 1)")
     ap.add_argument("--turn-timeout", type=float, default=120.0, help="seconds for one streamed turn to settle")
     ap.add_argument("--load-timeout", type=float, default=240.0, help="seconds for one load turn to settle")
@@ -225,8 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.levels = sorted({int(x) for x in args.levels.split(",") if x.strip()})
     except ValueError:
         ap.error(f"--levels takes comma-separated session counts, e.g. 1,2,4,8; got {args.levels!r}")
-    if any(n < 1 for n in args.levels) or args.load_turns < 1:
-        ap.error("--levels entries and --load-turns must be >= 1")
+    if any(n < 1 for n in args.levels) or args.load_turns < 1 or args.burst < 0:
+        ap.error("--levels entries and --load-turns must be >= 1, --burst >= 0")
     return args
 
 
