@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import ServiceConfig
 from core.errors import ConfigError
-
-WHERE = "config/services.yaml (or the profile in config/profiles.yaml)"
+from services.runtime.options import WHERE, validate_options
 
 
 class LlmOptions(BaseModel):
@@ -45,15 +44,7 @@ class LlmOptions(BaseModel):
 
     @classmethod
     def from_config(cls, cfg: ServiceConfig) -> LlmOptions:
-        try:
-            opts = cls.model_validate(cfg.options)
-        except ValidationError as e:
-            first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            fields = ", ".join(cls.model_fields)
-            raise ConfigError(
-                WHERE, f"services.{cfg.name}.options.{key}", f"{first['msg']} (known options: {fields})"
-            ) from e
+        opts = validate_options(cls, cfg)
         if cfg.engine == "llama.cpp" and opts.max_concurrency != 1:
             raise ConfigError(
                 WHERE, f"services.{cfg.name}.options.max_concurrency",

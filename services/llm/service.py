@@ -28,9 +28,10 @@ from services.llm.messages import Prompt, from_request
 from services.llm.metrics import LlmMetrics
 from services.llm.openai_engine import OpenAICompatEngine
 from services.llm.openai_routes import openai_routes
-from services.llm.options import WHERE, LlmOptions
+from services.llm.options import LlmOptions
 from services.llm.vllm_engine import VllmEngine
 from services.runtime import CallInfo, Handler, HttpKit, ModelDescription
+from services.runtime.options import WHERE
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute

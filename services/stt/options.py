@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import ServiceConfig
-from core.errors import ConfigError
+from services.runtime.options import validate_options
 from services.stt.vad_config import VadOptions
 
 
@@ -45,16 +45,7 @@ class SttOptions(BaseModel):
 
     @classmethod
     def from_config(cls, cfg: ServiceConfig) -> SttOptions:
-        where = "config/services.yaml (or the profile in config/profiles.yaml)"
-        try:
-            return cls.model_validate(_lower_language(cfg.options))
-        except ValidationError as e:
-            first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            fields = ", ".join(cls.model_fields)
-            raise ConfigError(
-                where, f"services.{cfg.name}.options.{key}", f"{first['msg']} (known options: {fields})"
-            ) from e
+        return validate_options(cls, cfg, _lower_language(cfg.options))
 
 
 def _lower_language(options: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 from services.runtime import model_files
-from services.tts.options import WHERE
+from services.runtime.options import WHERE
 
 KOKORO_EMBEDDED = "embedded:kokoro-82m-int8"
 PIPER_EMBEDDED = "embedded:joe-us-medium"

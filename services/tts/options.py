@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.config import ServiceConfig
 from core.errors import ConfigError
+from services.runtime.options import WHERE, validate_options
 
 KNOWN_ENGINES = ("kokoro", "piper")
-WHERE = "config/services.yaml (or the profile in config/profiles.yaml)"
 
 
 class TtsOptions(BaseModel):
@@ -69,15 +69,7 @@ class TtsOptions(BaseModel):
 
     @classmethod
     def from_config(cls, cfg: ServiceConfig) -> TtsOptions:
-        try:
-            options = cls.model_validate(_clean(cfg.options))
-        except ValidationError as e:
-            first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            fields = ", ".join(cls.model_fields)
-            raise ConfigError(
-                WHERE, f"services.{cfg.name}.options.{key}", f"{first['msg']} (known options: {fields})"
-            ) from e
+        options = validate_options(cls, cfg, _clean(cfg.options))
         if cfg.engine not in options.engines:
             raise ConfigError(
                 WHERE, f"services.{cfg.name}.engine",

@@ -20,12 +20,13 @@ from core.context import ServiceContext
 from core.errors import ConfigError, InvalidArgument
 from core.wire import operation
 from services.runtime import CallInfo, Handler, HttpKit, ModelDescription
+from services.runtime.options import WHERE
 from services.tts.audio import encode, writable_formats
 from services.tts.engine import EngineFactory, EngineInfo, ModelLoadError, TtsEngine, canonical_language
 from services.tts.kokoro_engine import KokoroEngine
 from services.tts.metrics import TtsMetrics
 from services.tts.openai_routes import openai_routes
-from services.tts.options import WHERE, TtsOptions
+from services.tts.options import TtsOptions
 from services.tts.piper_engine import PiperEngine
 from services.tts.requests import Plan, plan_request
 from services.tts.synth import RenderedPiece, Runner, render_pieces

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from services.tts.text_split import ABBREVIATIONS, BEFORE_NUMBER
+from core.speakable import ABBREVIATIONS, BEFORE_NUMBER
 
 _DECIMAL_DOT = ("en", "hi", "ja", "zh", "cmn")
 """Languages (primary subtag) written 3.14 and 1,000; the others write 3,14 and 1.000."""

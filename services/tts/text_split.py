@@ -16,22 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Pause = Literal["sentence", "clause", "none"]
+from core.speakable import is_sentence_end, speakable
 
-ABBREVIATIONS = frozenset((
-    "mr", "mrs", "ms", "mx", "dr", "drs", "prof", "sr", "sra", "srta", "dra", "jr", "st", "mt", "ft", "vs",
-    "approx", "dept", "est", "fig", "inc", "ltd", "co", "corp", "gen", "gov", "sen", "rep", "lt", "col",
-    "capt", "sgt", "cmdr", "adm", "ave", "av", "blvd", "rd", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
-    "cf", "ca", "etc", "pág", "págs", "tel", "ex", "exa", "exmo",
-))
-"""Lower-case, without the final period: never a sentence end before a capital letter either."""
-BEFORE_NUMBER = frozenset({"no", "nos", "nº", "vol", "p", "pp", "n", "art", "cap", "num"})
-"""Abbreviations only when a number follows (``No. 5``); ``the answer is no. We`` still splits."""
+Pause = Literal["sentence", "clause", "none"]
 
 _SENTENCE_END = re.compile(r"([.!?…]+)([\"'”’»)\]]*)(?=\s|$)")
 _CLAUSE_MARK = re.compile(r"(?:[,;:]|\s[—–-])(?=\s)|[—–](?=\S)")
-_DOTTED = re.compile(r"(?:[^\W\d_]\.)+", re.UNICODE)
-_SPEAKABLE = re.compile(r"[^\W_]", re.UNICODE)
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 
 
@@ -40,11 +30,6 @@ class Piece:
     text: str
     pause: Pause
     """What ended it: the pause to leave after it when the pieces are played back to back."""
-
-
-def speakable(text: str) -> bool:
-    """True when ``text`` has a letter or digit to pronounce."""
-    return _SPEAKABLE.search(text) is not None
 
 
 def split_text(text: str, *, first_clause_min_words: int = 3, max_chars: int = 250) -> list[Piece]:
@@ -79,17 +64,8 @@ def _ends_sentence(line: str, start: int, m: re.Match[str]) -> bool:
     after = line[m.end() :].lstrip()
     if not after:
         return True
-    if "!" in marks or "?" in marks:
-        return True
-    if after[0].islower():
-        return False  # "e.g. this", "approx. ten", "... and then"
-    if marks != ".":
-        return True  # an ellipsis before a capital
-    word = line[start : m.end(1)].rsplit(" ", 1)[-1].lstrip("\"'“‘«([")
-    bare = word[:-1].lower()
-    if bare in ABBREVIATIONS or _DOTTED.fullmatch(word):
-        return False  # "Dr. Smith", "U.S. Army", "J. Doe"
-    return not (bare in BEFORE_NUMBER and after[0].isdigit())
+    last_word = line[start : m.end(1)].rsplit(" ", 1)[-1]
+    return is_sentence_end(marks, last_word, after)
 
 
 def first_clause(sentence: str, min_words: int) -> tuple[str, str]:

@@ -17,27 +17,12 @@ from __future__ import annotations
 
 import re
 
-ABBREVIATIONS = frozenset((
-    "mr", "mrs", "ms", "mx", "dr", "drs", "prof", "sr", "sra", "srta", "dra", "jr", "st", "mt", "ft", "vs",
-    "approx", "dept", "est", "fig", "inc", "ltd", "co", "corp", "gen", "gov", "sen", "rep", "lt", "col",
-    "capt", "sgt", "cmdr", "adm", "ave", "av", "blvd", "rd", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
-    "cf", "ca", "etc", "pág", "págs", "tel", "ex", "exa", "exmo",
-))
-"""Lower-case, without the final period: never a sentence end, even before a capital."""
-BEFORE_NUMBER = frozenset({"no", "nos", "nº", "vol", "p", "pp", "n", "art", "cap", "num"})
-"""Abbreviations only when a number follows (``No. 5``); ``the answer is no. We`` still ends."""
+from core.speakable import is_sentence_end, speakable
 
 _SENTENCE_END = re.compile(r"([.!?…]+)([\"'”’»)\]]*)(\s+)(?=\S)")
 _CLAUSE_MARK = re.compile(r"(?:[,;:]|\s[—–-])(\s+)(?=\S)|[—–](?=\S)")
-_DOTTED = re.compile(r"(?:[^\W\d_]\.)+", re.UNICODE)
-_SPEAKABLE = re.compile(r"[^\W_]", re.UNICODE)
 _MARKUP = re.compile(r"\*+|__|`+|^\s*#+\s*|^\s*[-•]\s+", re.MULTILINE)
 _SPACES = re.compile(r"\s+")
-
-
-def speakable(text: str) -> bool:
-    """True when ``text`` has a letter or digit to pronounce."""
-    return _SPEAKABLE.search(text) is not None
 
 
 def clean(text: str) -> str:
@@ -47,18 +32,8 @@ def clean(text: str) -> str:
 
 def ends_sentence(text: str, start: int, m: re.Match[str]) -> bool:
     """Whether the sentence-end candidate ``m`` (text after it known) really ends a sentence."""
-    marks, after = m.group(1), text[m.end() :]
-    if "!" in marks or "?" in marks:
-        return True
-    if after[0].islower():
-        return False  # "e.g. this", "approx. ten", "... and then"
-    if marks != ".":
-        return True  # an ellipsis before a capital
-    word = text[start : m.end(1)].rsplit(None, 1)[-1].lstrip("\"'“‘«([")
-    bare = word[:-1].lower()
-    if bare in ABBREVIATIONS or _DOTTED.fullmatch(word):
-        return False  # "Dr. Smith", "U.S. Army", "J. Doe"
-    return not (bare in BEFORE_NUMBER and after[0].isdigit())
+    last_word = text[start : m.end(1)].rsplit(None, 1)[-1]
+    return is_sentence_end(m.group(1), last_word, text[m.end() :])
 
 
 class SpeakableChunker:
