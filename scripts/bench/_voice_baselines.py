@@ -27,7 +27,8 @@ import httpx
 
 from core.conversation.chunker import SpeakableChunker
 from core.sessions.agents import load_agents
-from scripts.bench._voice_speech import Utterance, pcm_to_wav, word_error_rate
+from scripts.bench._voice_speech import Utterance, pcm_to_wav
+from tests.helpers.text import word_error_rate
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import shutil
 import tempfile
 import wave
@@ -151,21 +150,3 @@ async def make_utterances(
             pcm = await espeak(text, voice) if source == "espeak" else await project_tts(http, base, text, voice)
             out.append(Utterance(f"{source}-q{i:02d}", source, voice, text, pcm))
     return out
-
-
-def normalize(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance / reference length, on lower-cased words without punctuation."""
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / len(ref)

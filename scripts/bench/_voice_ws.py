@@ -23,7 +23,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from scripts.bench._voice_speech import Utterance, word_error_rate
+from scripts.bench._voice_speech import Utterance
+from tests.helpers.text import word_error_rate
 
 FRAME_BYTES = 640  # 20 ms of PCM16 at 16 kHz
 FRAME_S = 0.02

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, cast
 
 from google.protobuf.message import Message
+from prometheus_client import Gauge
 
 from core.errors import CallError, InvalidArgument, NotFound, ServiceFailed, ServiceUnavailable, Unauthenticated
 from core.wire import CONTROL_OPS, Kind, Operation, operations
@@ -127,10 +128,7 @@ class Dispatcher:
                 raise self._wrapped(e, call) from e
             raise
         finally:
-            seconds = time.perf_counter() - started
-            gauge.dec()
-            self._leave()
-            self._done(call, outcome, seconds)
+            self._close(gauge, call, outcome, started)
             REQUEST_ID.reset(rid_token)
 
     async def stream(
@@ -175,12 +173,16 @@ class Dispatcher:
                 raise self._wrapped(e, call) from e
             raise
         finally:
-            seconds = time.perf_counter() - started
-            gauge.dec()
-            self._leave()
-            self._done(call, outcome, seconds)
+            self._close(gauge, call, outcome, started)
             with contextlib.suppress(ValueError):  # closed from another context: nothing to restore
                 REQUEST_ID.reset(rid_token)
+
+    def _close(self, gauge: Gauge, call: CallInfo, outcome: str, started: float) -> None:
+        """Bookkeeping at the end of every call, unary or streaming."""
+        seconds = time.perf_counter() - started
+        gauge.dec()
+        self._leave()
+        self._done(call, outcome, seconds)
 
     def refuse(self, call: CallInfo, err: CallError) -> None:
         """Count and log a call that failed before reaching the dispatcher (bad body, no token)."""

@@ -17,8 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -27,6 +25,7 @@ from core.errors import CallError, InvalidArgument
 from core.wire import Operation
 from services.runtime import HttpKit
 from services.stt.segmenter import segments
+from services.stt.uploads import audio_form
 from services.stt.vad import FRAME, VadModel
 from services.stt.vad_config import SAMPLE_RATE, VadSettings
 
@@ -68,17 +67,8 @@ def detect_routes(kit: HttpKit, detect: Operation) -> list[BaseRoute]:
 
 
 async def _parse(request: Request, detect: Operation) -> Any:
-    try:
-        form = await request.form(max_files=1, max_fields=16)
-    except HTTPException as e:
-        raise InvalidArgument(f"could not read the multipart form: {e.detail}") from e
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidArgument(
-                "missing 'file': send multipart/form-data with the audio in a 'file' field, and optionally "
-                f"{', '.join(FORM_FIELDS)}"
-            )
+    hint = f", and optionally {', '.join(FORM_FIELDS)}"
+    async with audio_form(request, max_fields=16, hint=hint) as (form, upload):
         vad: dict[str, float | int] = {}
         for name, kind in FORM_FIELDS.items():
             raw = form.get(name)
@@ -91,6 +81,4 @@ async def _parse(request: Request, detect: Operation) -> Any:
                     raise InvalidArgument(f"form field {name!r} is out of range: {raw!r} milliseconds")
                 vad[name] = value
         data = await upload.read()
-    finally:
-        await form.close()
     return detect.request(audio={"data": data}, vad=vad)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -20,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from core.errors import CallError, InvalidArgument
 from core.wire import Operation
 from services.runtime import HttpKit
+from services.stt.uploads import audio_form
 
 FORMATS = ("json", "text", "verbose_json")
 
@@ -47,25 +46,15 @@ def openai_routes(kit: HttpKit, transcribe: Operation) -> list[BaseRoute]:
 
 
 async def _parse(request: Request, transcribe: Operation) -> tuple[Any, str]:
-    try:
-        form = await request.form(max_files=1, max_fields=32)
-    except HTTPException as e:
-        raise InvalidArgument(f"could not read the multipart form: {e.detail}") from e
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidArgument(
-                "missing 'file': send multipart/form-data with the audio in a 'file' field "
-                "(as openai.audio.transcriptions.create(file=...) does)"
-            )
+    async with audio_form(
+        request, max_fields=32, hint=" (as openai.audio.transcriptions.create(file=...) does)"
+    ) as (form, upload):
         response_format = _text(form.get("response_format")) or "json"
         if response_format not in FORMATS:
             raise InvalidArgument(
                 f"response_format {response_format!r} is not supported; use one of {', '.join(FORMATS)}"
             )
         data = await upload.read()
-    finally:
-        await form.close()
     message = transcribe.request(
         audio={"data": data},
         language=_text(form.get("language")),
