@@ -20,7 +20,9 @@ done
 
 if [ "$(id -u)" = 0 ]; then
   need=()
-  for pkg in espeak-ng libsndfile1 procps iproute2; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+  # chromium + chromium-driver: the demo page's browser tests; prometheus (+ promtool) and
+  # prometheus-alertmanager (+ amtool): the monitoring config, rules and scrape tests.
+  for pkg in espeak-ng libsndfile1 procps iproute2 chromium chromium-driver prometheus prometheus-alertmanager; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
   if [ ${#need[@]} -gt 0 ]; then
     echo "[test] apt-get install ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -7,6 +7,7 @@ Env overrides: ``PROFILE`` picks the profile, ``PORT``/``HOST`` set the gateway,
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from core.config.models import ConversationConfig, GatewayConfig, HubConfig, ProfileConfig, ServiceConfig, Settings
+from core.config.models import (
+    ConversationConfig,
+    GatewayConfig,
+    HubConfig,
+    MonitoringConfig,
+    ProfileConfig,
+    ServiceConfig,
+    Settings,
+)
 from core.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
@@ -99,6 +108,19 @@ def load_settings(
         gw["port"] = env["PORT"]
     if "HOST" in env:
         gw["host"] = env["HOST"]
+    webrtc = dict(gw.get("webrtc") or {})
+    ice_env = str(webrtc.get("ice_servers_env") or "UV_ICE_SERVERS")
+    if raw_ice := env.get(ice_env, "").strip():
+        try:
+            webrtc["ice_servers"] = json.loads(raw_ice)
+        except ValueError as e:
+            raise ConfigError(
+                f"${ice_env}", "gateway.webrtc.ice_servers",
+                f"not valid JSON ({e}); set it to a list such as "
+                '[{"urls": ["stun:stun.example.org:3478"]}, {"urls": ["turn:t.example.org"], "username": "u", '
+                '"credential": "p"}]',
+            ) from e
+        gw["webrtc"] = webrtc
     try:
         gateway = GatewayConfig.model_validate(gw)
     except ValidationError as e:
@@ -111,9 +133,13 @@ def load_settings(
         conversation = ConversationConfig.model_validate(sdoc.get("conversation") or {})
     except ValidationError as e:
         raise _validation_error(spath, "conversation", e) from e
+    try:
+        monitoring = MonitoringConfig.model_validate(sdoc.get("monitoring") or {})
+    except ValidationError as e:
+        raise _validation_error(spath, "monitoring", e) from e
     return Settings(
         profile=prof, profiles=profiles, services=services, gateway=gateway, hub=hub,
-        conversation=conversation, config_dir=str(cdir),
+        conversation=conversation, monitoring=monitoring, config_dir=str(cdir),
     )
 
 

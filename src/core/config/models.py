@@ -104,10 +104,49 @@ class ProfileConfig(_Strict):
     services: dict[str, ProfileServiceOverride] = Field(default_factory=dict)
 
 
+class IceServer(_Strict):
+    """One STUN or TURN server handed to both peers (RTCIceServer's fields)."""
+
+    urls: list[str] = Field(min_length=1, description="stun:host:port, turn:host:port?transport=udp, turns:...")
+    username: str | None = Field(None, description="TURN user name.")
+    credential: str | None = Field(None, description="TURN password.")
+
+
+class WebRtcConfig(_Strict):
+    """WebRTC (``POST /api/offer``): ICE servers and per-peer limits."""
+
+    ice_servers: list[IceServer] = Field(
+        default_factory=list,
+        description="STUN/TURN servers; empty works on loopback and a LAN (host candidates only).",
+    )
+    ice_servers_env: str = Field(
+        "UV_ICE_SERVERS", description="Env var with a JSON list of ice_servers; when set it replaces the list."
+    )
+    max_peers: int = Field(50, ge=1, description="Open peer connections; past it, offers get 503.")
+    connect_timeout_s: float = Field(
+        20.0, gt=0, description="A peer that has not connected this long after its answer is dropped."
+    )
+    disconnected_grace_s: float = Field(
+        5.0, gt=0, description="How long ICE may stay 'disconnected' before the peer is treated as gone."
+    )
+
+
+class MonitoringConfig(_Strict):
+    """What main exports for Prometheus beyond its own metrics."""
+
+    voice_to_voice_p95_alert_s: float = Field(
+        3.5, gt=0, description="VoiceToVoiceP95High fires above this (exported as a gauge the rule compares to)."
+    )
+    error_rate_alert_ratio: float = Field(
+        0.05, gt=0, le=1, description="HighErrorRate fires when this share of hub calls fails."
+    )
+
+
 class GatewayConfig(_Strict):
     host: str = Field("127.0.0.1", description="Main binds here; anything but loopback needs an API key.")
     port: int = Field(8080, ge=1, le=65535, description="Main's HTTP port.")
     api_key_env: str = Field("UV_API_KEY", description="Env var holding the gateway API key.")
+    webrtc: WebRtcConfig = Field(default_factory=WebRtcConfig)  # type: ignore[arg-type]
 
 
 class HubConfig(_Strict):
@@ -155,6 +194,7 @@ class Settings(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # type: ignore[arg-type]
     hub: HubConfig = Field(default_factory=HubConfig)  # type: ignore[arg-type]
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)  # type: ignore[arg-type]
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)  # type: ignore[arg-type]
     config_dir: str = Field(description="Folder the files were read from.")
 
     def enabled_services(self) -> list[ServiceConfig]:

@@ -35,12 +35,15 @@ from core.errors import (
 from core.gateway.routes import (
     control,
     conversation,
+    demo,
+    monitoring,
     openai_audio,
     openai_chat,
     openai_speech,
     polling,
     sessions,
     voice_ws,
+    webrtc,
 )
 from core.gateway.runtime import MainRuntime
 from core.managers.hub import CommunicationManager
@@ -56,7 +59,9 @@ from core.sessions import (
     load_agents,
 )
 
-_OPEN_PATHS = frozenset({"/health", "/metrics"})
+_OPEN_PATHS = frozenset({"/health", "/metrics", "/", "/favicon.ico"})
+_OPEN_PREFIXES = ("/static/",)
+"""The demo page and its files need no key (the page asks for it and sends it on API calls)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -178,7 +183,8 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     if api_key:
         @app.middleware("http")
         async def require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.url.path not in _OPEN_PATHS:
+            path = request.url.path
+            if path not in _OPEN_PATHS and not path.startswith(_OPEN_PREFIXES):
                 auth = request.headers.get("authorization", "")
                 given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
                 if not hmac.compare_digest(given.encode(), api_key.encode()):
@@ -198,4 +204,7 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     app.include_router(sessions.router)
     app.include_router(polling.router)
     app.include_router(voice_ws.router)
+    app.include_router(webrtc.router)
+    app.include_router(monitoring.router)
+    app.include_router(demo.router)  # last: it serves "/" and the page's static files
     return app

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,9 @@ class MainRuntime:
     api_key: str = field(default="", repr=False)
     """The gateway API key ("" on loopback without one); HTTP middleware and /ws/voice check it."""
     _boot_task: asyncio.Task[None] | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run first (in reverse order of registration) when the conversation layer closes: transports
+    that hold live connections (WebRTC peers) register here."""
     # the conversation layer, attached by the lifespan (see core.gateway.app)
     sessions: SessionManager = field(init=False)
     admission: Admission = field(init=False)
@@ -71,7 +75,14 @@ class MainRuntime:
             log.exception("boot failed: %s", self.boot_error)
 
     async def close_conversation(self) -> None:
-        """Stop polling turns, then the orchestrator, then flush sessions and the store (in that order)."""
+        """Close live transports (``closers``), stop polling turns, then the orchestrator, then flush
+        sessions and the store (in that order)."""
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception as e:  # one transport's failure must not stop the rest of the shutdown
+                log.exception("closing a transport failed: %s", e)
+        self.closers.clear()
         if hasattr(self, "polls"):
             await self.polls.close()
         if hasattr(self, "orchestrator") and (aclose := getattr(self.orchestrator, "aclose", None)) is not None:
