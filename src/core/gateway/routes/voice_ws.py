@@ -3,8 +3,9 @@
 In: PCM16 16 kHz mono binary frames (an empty frame ends the utterance: push-to-talk) and JSON
 control messages (config, text, interrupt, reset, end). Out: JSON events and PCM16 reply
 audio at the rate the client chose. One :class:`VoiceSocket` per connection: the receive loop
-only parses and hands over (feeding audio never waits for the model services), and a writer
-task drains the connection's bounded :class:`Outbox`. Bad input of any kind is an ``error``
+checks frames and hands them to the :class:`VoiceEndpoint` it shares with WebRTC (feeding audio
+never waits for the model services), and a writer task drains the connection's bounded
+:class:`Outbox`. Bad input of any kind is an ``error``
 event and the connection stays open; a client that stops reading entirely is disconnected.
 """
 
@@ -21,13 +22,10 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from core.conversation.audio import container_kind
-from core.conversation.control import Command, TextMessage, VoiceConfig, parse_control
 from core.conversation.outbox import Outbox
-from core.conversation.types import Session
-from core.conversation.voice import VoiceConversation
-from core.errors import CallError, InvalidArgument
+from core.errors import InvalidArgument
 from core.gateway.runtime import MainRuntime
-from core.logs import session_id_var
+from core.gateway.voice_endpoint import VoiceEndpoint
 
 router = APIRouter()
 log = logging.getLogger("ultravox.main.ws")
@@ -55,30 +53,29 @@ def _authorized(ws: WebSocket, rt: MainRuntime) -> bool:
 
 
 class VoiceSocket:
+    """One /ws/voice connection: frames in, the :class:`Outbox` written out; the rest is the endpoint's."""
+
     def __init__(self, ws: WebSocket, rt: MainRuntime) -> None:
         self.ws, self.rt, self.cfg = ws, rt, rt.ctx.settings.conversation
         self.outbox = Outbox()
-        self.conv: VoiceConversation | None = None
-        self.voice = VoiceConfig()
-        self._done = False
+        self.endpoint = VoiceEndpoint(rt, self.outbox)
 
     async def serve(self) -> None:
         writer = asyncio.create_task(self._write(), name="ws-writer")
         grace = asyncio.create_task(self._default_after_grace(), name="ws-grace")
         watchdog = asyncio.create_task(self._hang_up_on_overflow(), name="ws-watchdog")
         try:
-            while not self._done:
+            while not self.endpoint.done:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                await self._handle(message)
+                await self.endpoint.guard(self._handle(message))
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away
         finally:
             grace.cancel()
             watchdog.cancel()
-            if self.conv is not None:
-                await self.conv.close()
+            await self.endpoint.close()
             self.outbox.close()
             with contextlib.suppress(TimeoutError, Exception):
                 await asyncio.wait_for(writer, 5)
@@ -87,18 +84,13 @@ class VoiceSocket:
                 await self.ws.close(code=1000)
 
     async def _handle(self, message: Mapping[str, Any]) -> None:
-        try:
-            if (data := message.get("bytes")) is not None:
-                await self._audio(data)
-            elif (text := message.get("text")) is not None:
-                await self._control(text)
-        except CallError as e:  # bad input, unknown session or agent, too many sessions
-            await self._error(e.code, e.message, retry_after_s=getattr(e, "retry_after_s", None))
-        except Exception as e:  # a bug: report it, keep the connection
-            log.exception("/ws/voice message failed: %s", e)
-            await self._error("INTERNAL", f"the server failed on this message ({type(e).__name__}); try again")
+        if (data := message.get("bytes")) is not None:
+            self._check_audio(data)
+            await self.endpoint.audio(data)
+        elif (text := message.get("text")) is not None:
+            await self.endpoint.control(text)
 
-    async def _audio(self, data: bytes) -> None:
+    def _check_audio(self, data: bytes) -> None:
         limit = self.cfg.max_ws_frame_bytes
         if len(data) > limit:
             raise InvalidArgument(
@@ -115,98 +107,11 @@ class VoiceSocket:
                 f"this frame starts like {what}: send raw PCM16 little-endian mono samples at 16 kHz with no "
                 "header (decode the file first); the frame was dropped"
             )
-        conv = await self._conversation()
-        if data:
-            await conv.feed(data)
-        else:
-            await conv.end_utterance()
-
-    async def _control(self, raw: str) -> None:
-        if len(raw) > self.cfg.max_ws_frame_bytes:
-            raise InvalidArgument(f"control message of {len(raw)} characters is over the size limit")
-        msg = parse_control(raw, max_text_chars=self.cfg.max_text_chars)
-        if isinstance(msg, VoiceConfig):
-            await self._configure(msg)
-        elif isinstance(msg, TextMessage):
-            await (await self._conversation()).say(msg.text)
-        elif isinstance(msg, Command) and msg.type == "interrupt":
-            if self.conv is not None:
-                await self.conv.interrupt()
-        elif isinstance(msg, Command) and msg.type == "reset":
-            await self._reset()
-        elif isinstance(msg, Command) and msg.type == "end":
-            await self._end()
-
-    async def _conversation(self) -> VoiceConversation:
-        if self.conv is None:
-            await self._configure(self.voice)
-        assert self.conv is not None
-        self.conv.session.touch()
-        return self.conv
-
-    async def _configure(self, voice: VoiceConfig) -> None:
-        """Open (or switch to) the session ``voice`` names; the old conversation, if any, ends."""
-        sessions = self.rt.sessions
-        if voice.session_id is not None:
-            session = sessions.get(voice.session_id)
-            if voice.agent is not None and voice.agent != session.agent.name:
-                raise InvalidArgument(
-                    f"session {session.id!r} uses agent {session.agent.name!r}; an agent is chosen only for a new "
-                    "session (leave out session_id)"
-                )
-            sessions.configure(session, voice=voice.voice, language=voice.language)
-        else:
-            session = sessions.create(agent=voice.agent, voice=voice.voice, language=voice.language)
-        await self._switch(voice, session)
-
-    async def _switch(self, voice: VoiceConfig, session: Session) -> None:
-        if self.conv is not None:
-            await self.conv.close()
-        rate = voice.sample_rate or self.cfg.output_sample_rate
-        self.voice = voice.model_copy(update={"session_id": session.id, "agent": None})
-        self.conv = self.rt.orchestrator.voice(
-            session, self.outbox, out_rate=rate, end_silence_ms=voice.end_silence_ms, partials=voice.partials
-        )
-        session_id_var.set(session.id)
-        await self.outbox.send_event({
-            "type": "ready", "session_id": session.id, "agent": session.agent.name, "voice": session.voice,
-            "language": session.language, "sample_rate": rate, "input_sample_rate": 16000,
-            "turns": session.turn_count, "max_frame_bytes": self.cfg.max_ws_frame_bytes,
-        })
-
-    async def _reset(self) -> None:
-        old = self.conv.session if self.conv is not None else None
-        if self.conv is not None:
-            await self.conv.close()
-            self.conv = None
-        if old is not None:
-            self.rt.sessions.end(old.id)
-        agent = old.agent.name if old is not None else None
-        session = self.rt.sessions.create(
-            agent=agent, voice=old.voice if old else None, language=old.language if old else None
-        )
-        await self._switch(self.voice.model_copy(update={"session_id": None}), session)
-
-    async def _end(self) -> None:
-        self._done = True
-        if self.conv is not None:
-            await self.conv.close()
-            self.rt.sessions.end(self.conv.session.id)
-            await self.outbox.send_event({"type": "ended", "session_id": self.conv.session.id})
-
-    async def _error(self, code: str, message: str, *, retry_after_s: float | None = None) -> None:
-        event: dict[str, Any] = {"type": "error", "code": code, "message": message}
-        if retry_after_s is not None:
-            event["retry_after_s"] = retry_after_s
-        await self.outbox.send_event(event)
 
     async def _default_after_grace(self) -> None:
         await asyncio.sleep(CONFIG_GRACE_S)
-        if self.conv is None and not self._done:
-            try:
-                await self._conversation()
-            except CallError as e:
-                await self._error(e.code, e.message, retry_after_s=getattr(e, "retry_after_s", None))
+        if self.endpoint.conv is None and not self.endpoint.done:
+            await self.endpoint.guard(self.endpoint.conversation())
 
     async def _hang_up_on_overflow(self) -> None:
         await self.outbox.overflowed.wait()
