@@ -32,6 +32,7 @@ from core.errors import (
     UnknownService,
     retry_after_header,
 )
+from core.gateway.metrics import count_error
 from core.gateway.routes import (
     control,
     conversation,
@@ -128,7 +129,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"error": {"code", "message"}}`` with its status (and Retry-After when known)."""
 
     @app.exception_handler(CallError)
-    async def on_call_error(_: Request, exc: CallError) -> JSONResponse:
+    async def on_call_error(request: Request, exc: CallError) -> JSONResponse:
+        count_error(request, exc.code)
         headers = {}
         if retry := retry_after_header(exc):
             headers["Retry-After"] = retry
@@ -137,13 +139,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(SupervisorError)
-    async def on_supervisor_error(_: Request, exc: SupervisorError) -> JSONResponse:
+    async def on_supervisor_error(request: Request, exc: SupervisorError) -> JSONResponse:
         status = 404 if isinstance(exc, UnknownService) else 409 if isinstance(exc, PortInUse) else 500
         code = "NOT_FOUND" if status == 404 else "FAILED_PRECONDITION" if status == 409 else "INTERNAL"
+        count_error(request, code)
         return JSONResponse({"error": {"code": code, "message": str(exc)}}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        count_error(request, "INVALID_ARGUMENT")
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse(
             {"error": {"code": "INVALID_ARGUMENT", "message": "invalid request: " + "; ".join(parts)}},
@@ -188,6 +192,7 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
                 auth = request.headers.get("authorization", "")
                 given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
                 if not hmac.compare_digest(given.encode(), api_key.encode()):
+                    count_error(request, "UNAUTHENTICATED")
                     return JSONResponse(
                         {"error": {"code": "UNAUTHENTICATED",
                                    "message": "missing or wrong API key; send 'Authorization: Bearer <key>'"}},

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from core.errors import InvalidArgument, NotFound, ServiceUnavailable
-from core.gateway.metrics import SupervisorCollector
+from core.gateway.metrics import install_main_metrics
 from core.gateway.runtime import MainRuntime, runtime_of
 from core.managers.supervisor import State
 from core.wire import operation
@@ -26,9 +26,7 @@ _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
 
 
 def install_metrics(rt: MainRuntime) -> None:
-    rt.ctx.registry.register(
-        SupervisorCollector(rt.supervisor, rt.ctx.settings.profile.name, "0.1.0")
-    )
+    install_main_metrics(rt.ctx, rt.supervisor)
 
 
 @router.get("/health")
