@@ -55,7 +55,7 @@ class Orchestrator:
 
     async def text_turn(self, session: Session, text: str, sink: EventSink, *, out_rate: int) -> TurnRecord:
         """A typed turn; raises ``Overloaded`` when admission is full."""
-        turn = Turn(session, sink, out_rate, user_text=text.strip())
+        turn = Turn(session, self.metrics.watch(sink), out_rate, user_text=text.strip())
         turn.report.mark("stt_final")
         return await self.run(turn)
 
@@ -67,7 +67,7 @@ class Orchestrator:
         Raises ``InvalidArgument`` when the STT service cannot read the audio, ``Overloaded``
         when admission is full; any other STT failure is a spoken "didn't catch that".
         """
-        turn = Turn(session, sink, out_rate)
+        turn = Turn(session, self.metrics.watch(sink), out_rate)
         now = time.monotonic()
         turn.report.mark("speech_end", now)
         turn.report.mark("turn_end_detected", now)
@@ -87,8 +87,8 @@ class Orchestrator:
     ) -> VoiceConversation:
         """A streaming voice conversation (an async context manager); see :class:`VoiceConversation`."""
         return VoiceConversation(
-            self, session, sink, out_rate=out_rate, end_silence_ms=end_silence_ms or self.config.end_silence_ms,
-            partials=partials,
+            self, session, self.metrics.watch(sink), out_rate=out_rate,
+            end_silence_ms=end_silence_ms or self.config.end_silence_ms, partials=partials,
         )
 
     async def run(self, turn: Turn, *, hear: Hear | None = None, hold_playback: bool = False) -> TurnRecord:
@@ -104,6 +104,9 @@ class Orchestrator:
                 if hold_playback and not turn.interrupted:
                     await self._hold_playback(turn)
                 return await self._finish(turn)
+        except Exception as e:  # counted here, reported by the caller (a 4xx/503, an error event)
+            self.metrics.not_run(e)
+            raise
         finally:
             session_id_var.reset(sid)
             turn_id_var.reset(tid)

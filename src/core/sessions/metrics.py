@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+SAVED_OUTCOMES = ("ok", "interrupted", "degraded")
+
 
 class SessionMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
@@ -29,6 +31,8 @@ class SessionMetrics:
             "ultravox_turns_saved_total", "Finished turns written to the conversation store, by outcome.",
             ["outcome"], registry=registry,
         )
+        for outcome in SAVED_OUTCOMES:  # series from the start, so dashboards show 0 instead of nothing
+            self.turns_saved.labels(outcome)
 
 
 class AdmissionMetrics:
@@ -41,7 +45,8 @@ class AdmissionMetrics:
             "ultravox_turns_waiting", "Turns waiting (at most admission_wait_s) for a slot.", registry=registry
         )
         self.rejections = Counter(
-            "ultravox_admission_rejections_total", "Turns refused by admission control (503 / error event).",
+            "ultravox_admission_rejections_total",
+            "Turns refused by admission control (503 / error event): every slot busy past admission_wait_s.",
             registry=registry,
         )
         self.wait = Histogram(

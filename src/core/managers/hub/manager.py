@@ -116,6 +116,7 @@ class CommunicationManager:
         self._stream_deadline_s = stream_deadline_s
         self._clock = clock
         self.metrics = HubMetrics(ctx.registry)
+        self.metrics.prime({c.name: c.role for c in ctx.settings.enabled_services()}, self._order)
         self.rounds = Rounds(
             self._transports,
             retry=RetryPolicy(
@@ -163,6 +164,7 @@ class CommunicationManager:
         try:
             response = await self.rounds.run(c, attempt)
         except CallError as e:
+            self.metrics.call_failed(e)
             if _is_breaker_failure(e):
                 breaker.failure()
             else:
@@ -202,6 +204,7 @@ class CommunicationManager:
             opened = await self.rounds.run(c, opener.attempt(c.deadline))
         except CallError as e:
             await opener.close()
+            self.metrics.call_failed(e)
             if _is_breaker_failure(e):
                 breaker.failure()
             else:
@@ -282,6 +285,7 @@ class CommunicationManager:
         except CircuitOpen as e:
             e.method = method
             self.metrics.attempt(service, method, NO_PROTOCOL, e, 0.0)
+            self.metrics.call_failed(e)
             raise
         return breaker
 

@@ -17,18 +17,27 @@ consumer closed early) or the lower-case status name of the error (``invalid_arg
 ``deadline_exceeded``, ``unavailable``, ``internal``...). Calls refused by an open breaker have
 ``protocol="none"``. A stream counts as one attempt per transport tried, and its duration is
 the whole stream's.
+
+A call that fails (after its fallbacks and retries), and a live stream that breaks, also count
+once in ``ultravox_errors_total{source="hub", type=<code>}``. ``prime`` gives every configured
+service its series at 0 (calls by method and protocol, fallbacks, retries, breaker closed), so
+dashboards show data before the first call.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from core.error_metrics import error_metrics
 from core.errors import CallError, CircuitOpen, TransportError
 from core.managers.hub.breaker import BreakerState
+from core.wire import CONTROL_OPS, operations
 
 # Sub-millisecond resolution for loopback control calls, up to the longest deadlines.
 LATENCY_BUCKETS = (
@@ -111,7 +120,25 @@ class HubMetrics:
             ["service", "method", "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self._children: dict[tuple[object, ...], Any] = {}
+        self._errors = error_metrics(registry)
         self.stats: defaultdict[str, ServiceStats] = defaultdict(ServiceStats)
+
+    def prime(self, services: Mapping[str, str], protocols: Sequence[str]) -> None:
+        """Series at 0 for ``services`` (name -> role) over ``protocols`` (the fallback order)."""
+        for service, role in services.items():
+            for method in operations(role):
+                if method in CONTROL_OPS:
+                    continue
+                for protocol in protocols:
+                    self._calls.labels(service, method, protocol, "ok")
+            for a, b in itertools.pairwise(protocols):
+                self._fallbacks.labels(service, a, b)
+            self._retries.labels(service)
+            self._breaker.labels(service).set(BREAKER_VALUE[BreakerState.CLOSED])
+
+    def call_failed(self, err: CallError) -> None:
+        """A call or stream that failed for its caller: one error of its code."""
+        self._errors.count("hub", err.code)
 
     def _child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
         key = (id(metric), *labels)

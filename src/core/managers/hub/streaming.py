@@ -165,6 +165,7 @@ async def relay(
                         f"is not restarted (the service already acted on it): {err.message}"
                     )
                 hub.fail(err, service, method, protocol, opened.t0)
+                hub.metrics.call_failed(err)
                 if err is e:
                     raise
                 raise err from e
