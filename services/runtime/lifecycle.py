@@ -93,7 +93,7 @@ class ServiceRunner:
         self.ctx, self.service, self.name = ctx, service, cfg.name
         self.log = ctx.process.log
         self.state = ServiceState(cfg.name)
-        self.metrics = RuntimeMetrics(ctx.process.registry, cfg.name)
+        self.metrics = RuntimeMetrics(ctx.process.registry, cfg.name, cfg.role)
         self.dispatcher = Dispatcher(
             service_name=cfg.name, service=service, token=ctx.token, state=self.state,
             metrics=self.metrics, version=package_version(),

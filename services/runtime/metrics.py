@@ -3,20 +3,30 @@
 Labels stay low-cardinality: service, method, protocol and outcome (``ok``, ``cancelled`` when
 the client went away, or the lower-case status code, e.g. ``invalid_argument``). A streaming
 call counts once in the call metrics, and each of its messages in
-``uv_service_stream_messages_total``.
+``uv_service_stream_messages_total``. A call that fails (any outcome but ``ok`` and
+``cancelled``) also counts in ``uv_service_errors_total{service, method, code}`` with its
+upper-case status code (``INVALID_ARGUMENT``, ``UNAVAILABLE``, ``INTERNAL``...).
+
+With the service's ``role``, every operation of the role starts with its series at 0 (calls
+``ok`` over each transport, in-flight, ``INTERNAL`` errors), so dashboards and alert rules see
+the service before its first call.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from core.wire import CONTROL_OPS, operations
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HUB_PROTOCOLS = ("grpc", "msgpack", "json")
+NOT_ERRORS = frozenset({"ok", "cancelled"})
 
 
 class RuntimeMetrics:
     """Calls, latency, in-flight calls, stream messages, readiness and model load time of one service."""
 
-    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+    def __init__(self, registry: CollectorRegistry, service: str, role: str | None = None) -> None:
         self.service = service
         self.calls = Counter(
             "uv_service_calls_total",
@@ -63,10 +73,30 @@ class RuntimeMetrics:
             ["service"],
             registry=registry,
         )
+        self.errors = Counter(
+            "uv_service_errors_total",
+            "Calls that failed (refused, rejected or crashed), by method and status code.",
+            ["service", "method", "code"],
+            registry=registry,
+        )
         self.ready.labels(service).set(0)
+        self.model_load.labels(service)
+        if role is not None:
+            self._prime(role)
+
+    def _prime(self, role: str) -> None:
+        for method in operations(role):
+            if method in CONTROL_OPS:
+                continue
+            for protocol in HUB_PROTOCOLS:
+                self.calls.labels(self.service, method, protocol, "ok")
+            self.in_flight.labels(self.service, method)
+            self.errors.labels(self.service, method, "INTERNAL")
 
     def observe(self, method: str, protocol: str, outcome: str, seconds: float | None) -> None:
         """Count one call; ``seconds`` is None for calls refused before a handler ran."""
         self.calls.labels(self.service, method, protocol, outcome).inc()
+        if outcome not in NOT_ERRORS:
+            self.errors.labels(self.service, method, outcome.upper()).inc()
         if seconds is not None:
             self.latency.labels(self.service, method, protocol).observe(seconds)

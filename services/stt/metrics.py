@@ -1,7 +1,8 @@
 """The STT service's own Prometheus metrics, beside the runtime's per-call ones.
 
-Transcription volume and real-time factor; for streaming, the streams open, utterances
-finalised, partials sent or skipped, VAD frames scored and the end-of-speech to FINAL latency.
+Transcription volume (seconds of audio in) and real-time factor; for streaming, the streams
+open, utterances finalised, partials sent or skipped, VAD frames scored and the end-of-speech
+to FINAL latency. Every series exists (at 0) from the start.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ class SttMetrics:
         registry, self.service = ctx.process.registry, ctx.config.name
         labels = ["service"]
         self.audio_seconds = Counter(
-            "uv_stt_audio_seconds_total", "Seconds of audio transcribed.", labels, registry=registry
+            "uv_stt_audio_seconds_total",
+            "Seconds of audio decoded: Transcribe calls and every stream decode (a partial re-decodes the "
+            "utterance so far).", labels, registry=registry,
         )
         self.rtf = Histogram(
             "uv_stt_real_time_factor", "Processing time divided by audio duration, per transcription.",
@@ -44,6 +47,11 @@ class SttMetrics:
             "uv_stt_final_latency_seconds", "From SPEECH_ENDED to the utterance's FINAL.", labels,
             buckets=LATENCY_BUCKETS, registry=registry,
         )
+        for metric in (self.audio_seconds, self.rtf, self.streams_active, self.utterances, self.vad_frames,
+                       self.final_latency):
+            metric.labels(self.service)  # series at 0 before the first call
+        for outcome in ("sent", "skipped"):
+            self.partials.labels(self.service, outcome)
 
     def transcribed(self, audio_s: float, seconds: float) -> None:
         self.audio_seconds.labels(self.service).inc(audio_s)

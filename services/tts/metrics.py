@@ -6,6 +6,8 @@ first audio is the whole synthesis for Synthesize and the first chunk for Synthe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 TTFA_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -13,7 +15,8 @@ RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 
 class TtsMetrics:
-    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+    def __init__(self, registry: CollectorRegistry, service: str, engines: Iterable[str] = ()) -> None:
+        """``engines``: the engines this service loads; their series start at 0."""
         self.service = service
         self.characters = Counter(
             "uv_tts_characters_total", "Characters of text accepted for synthesis.",
@@ -36,6 +39,11 @@ class TtsMetrics:
             "uv_tts_real_time_factor", "Synthesis time divided by audio duration, per finished request.",
             ["service", "engine"], buckets=RTF_BUCKETS, registry=registry,
         )
+        for engine in engines:
+            for metric in (self.characters, self.audio_seconds, self.pieces, self.rtf):
+                metric.labels(service, engine)
+            for method in ("Synthesize", "SynthesizeStream"):
+                self.first_audio.labels(service, engine, method)
 
     def accepted(self, engine: str, chars: int) -> None:
         self.characters.labels(self.service, engine).inc(chars)

@@ -59,7 +59,7 @@ class TtsService:
             for name in self.options.engines
         }
         self.infos: dict[str, EngineInfo] = {}
-        self.metrics = TtsMetrics(ctx.process.registry, self.cfg.name)
+        self.metrics = TtsMetrics(ctx.process.registry, self.cfg.name, self.options.engines)
         self.runner = Runner(self.options.max_concurrency, self.options.max_queue, self.cfg.name)
         self.ops = {name: operation("tts", name) for name in ("Synthesize", "SynthesizeStream", "ListVoices")}
 
