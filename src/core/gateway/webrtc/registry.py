@@ -1,0 +1,89 @@
+"""The open WebRTC calls of main: admission (``max_peers``), lookup by ``pc_id``, metrics, shutdown.
+
+Metrics (process registry): ``ultravox_webrtc_peers_active`` (gauge: calls answered and not yet
+closed) and ``ultravox_webrtc_peers_total{reason}`` (calls ended, by why: client_end,
+ice_failed, disconnected, timeout, shutdown). An offer that fails before its answer is not a
+call and counts in neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+from prometheus_client import Counter, Gauge
+
+from core.config.models import WebRtcConfig
+from core.errors import NotFound, Overloaded
+from core.gateway.runtime import MainRuntime
+from core.gateway.webrtc.ice import allow_loopback_candidates
+from core.gateway.webrtc.peer import REASONS, Peer, Reason
+from core.gateway.webrtc.signalling import Offer
+
+RETRY_AFTER_S = 5.0
+
+
+class PeerRegistry:
+    def __init__(self, rt: MainRuntime, config: WebRtcConfig) -> None:
+        self.rt, self.config = rt, config
+        self.peers: dict[str, Peer] = {}
+        allow_loopback_candidates()
+        self._opening = 0
+        registry = rt.ctx.registry
+        self.active = Gauge("ultravox_webrtc_peers_active", "Open WebRTC calls.", registry=registry)
+        self.ended = Counter(
+            "ultravox_webrtc_peers", "Ended WebRTC calls by reason.", ["reason"], registry=registry
+        )
+        for reason in REASONS:
+            self.ended.labels(reason)
+
+    async def open(self, offer: Offer) -> Peer:
+        """A new call answering ``offer``; Overloaded (503) at ``max_peers``, InvalidArgument/NotFound as told."""
+        if len(self.peers) + self._opening >= self.config.max_peers:
+            raise Overloaded(
+                f"{self.config.max_peers} WebRTC calls are open (gateway.webrtc.max_peers); retry later or end one "
+                "with DELETE /api/offer/{pc_id}",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        self._opening += 1
+        peer = Peer(self.rt, self.config, self._closed)
+        try:
+            await peer.answer(offer)
+        except BaseException:
+            await peer.close(None)
+            raise
+        finally:
+            self._opening -= 1
+        self.peers[peer.id] = peer
+        self.active.set(len(self.peers))
+        return peer
+
+    def get(self, pc_id: str) -> Peer:
+        peer = self.peers.get(pc_id)
+        if peer is None or peer.closed:
+            raise NotFound(
+                f"no open WebRTC call {pc_id[:64]!r}: it ended or never existed; start one with POST /api/offer"
+            )
+        return peer
+
+    async def end(self, pc_id: str, reason: Reason = "client_end") -> None:
+        await self.get(pc_id).close(reason)
+
+    async def close_all(self) -> None:
+        """Shutdown: every call ends (``shutdown``) and every close in flight finishes."""
+        await asyncio.gather(*(p.close("shutdown") for p in list(self.peers.values())), return_exceptions=True)
+
+    def stats(self) -> dict[str, int]:
+        """Open calls and the process's asyncio tasks, threads and file descriptors (leak checks)."""
+        return {
+            "peers": len(self.peers),
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+        }
+
+    def _closed(self, peer: Peer, reason: Reason | None) -> None:
+        if self.peers.pop(peer.id, None) is not None and reason is not None:
+            self.ended.labels(reason).inc()
+        self.active.set(len(self.peers))
