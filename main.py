@@ -1,7 +1,11 @@
 """Ultravox Pipeline main process: gateway, supervisor of the model services, and the hub.
 
-    python main.py [--profile local-pc] [--host 127.0.0.1] [--port 8080] [--log-format text]
+    python main.py [--profile local-pc] [--host 127.0.0.1] [--port 8080] [--log-format json|text]
     python main.py --prepare-only     # build every service venv of the profile, then exit
+
+Logs: the terminal gets text unless a format is chosen; main's own file (<var>/log/main.log,
+rotated) and the service logs (<var>/log/<service>.log) are JSON lines unless ``--log-format
+text`` (or UV_LOG_FORMAT=text) asks for text everywhere. See docs/observability.md.
 
 Normally started by ``./start.sh``. Ctrl-C (or SIGTERM) stops every service gracefully.
 """
@@ -19,14 +23,16 @@ import asyncio
 import logging
 import socket
 import sys
+from pathlib import Path
 
 import uvicorn
 
 from core.config import load_settings
+from core.config.models import LogPolicy
 from core.context import GlobalContext, ProcessContext
 from core.errors import UltravoxError
 from core.gateway import create_app
-from core.logs import setup_logging
+from core.logs import LOG_FORMAT_ENV, LogFormat, add_log_file, setup_logging
 from core.managers.supervisor import ServiceSupervisor
 
 log = logging.getLogger("ultravox.main")
@@ -39,7 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, help="profile from config/profiles.yaml (env PROFILE; default local-pc)")
     p.add_argument("--host", default=None, help="interface to bind (env HOST; default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (env PORT; default 8080)")
-    p.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("UV_LOG_FORMAT", "text"))
+    p.add_argument(
+        "--log-format", choices=("json", "text"), default=None,
+        help="log format (env UV_LOG_FORMAT); the terminal defaults to text, log files to json",
+    )
+    p.add_argument(
+        "--log-file", default=None,
+        help="main's own log file, rotated (default <var>/log/main.log; 'none' for the terminal only)",
+    )
     p.add_argument("--prepare-only", action="store_true", help="build the service venvs and exit")
     return p.parse_args(argv)
 
@@ -62,7 +75,11 @@ def port_problem(host: str, port: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging("main", args.log_format)
+    chosen = args.log_format or os.environ.get(LOG_FORMAT_ENV, "").lower() or None
+    explicit: LogFormat | None = None if chosen is None else "text" if chosen == "text" else "json"
+    setup_logging("main", explicit or "text")
+    if explicit:
+        os.environ[LOG_FORMAT_ENV] = explicit  # the services inherit main's environment
     env = dict(os.environ)
     if args.host:
         env["HOST"] = args.host
@@ -71,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(env=env, profile=args.profile)
         g = GlobalContext.create(settings)
+        if args.log_file != "none":
+            policy = LogPolicy.model_validate({})
+            path = Path(args.log_file) if args.log_file else g.paths.logs / "main.log"
+            add_log_file(path, "main", explicit or "json", max_bytes=policy.max_bytes, backups=policy.backups)
         if args.prepare_only:
             asyncio.run(prepare_only(g))
             return 0

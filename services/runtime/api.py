@@ -50,6 +50,10 @@ class CallInfo:
     protocol: Transport
     request_id: str
     peer: str = ""
+    session_id: str = ""
+    """The conversation session the call serves, when main sent one (``x-session-id``)."""
+    turn_id: str = ""
+    """The conversation turn the call serves, when main sent one (``x-turn-id``)."""
     deadline: float | None = None
     """``time.monotonic()`` instant after which the caller gives up, when it set a deadline."""
 

@@ -11,7 +11,6 @@ answered for every service, and work while the model is still loading.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -26,7 +25,7 @@ from core.wire import CONTROL_OPS, Kind, Operation, operations
 from services.runtime.api import CallInfo, Handler, ModelService, UnaryHandler
 from services.runtime.binding import bind_handlers
 from services.runtime.control import ControlOps
-from services.runtime.logs import REQUEST_ID
+from services.runtime.logs import bind_call
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.state import ServiceState
 
@@ -111,7 +110,7 @@ class Dispatcher:
         op = self.operation(method)
         if op.kind is not Kind.UNARY:
             raise InvalidArgument(f"{method} is a {op.kind.value} operation; open it as a stream, not a unary call")
-        rid_token = REQUEST_ID.set(call.request_id)
+        restore_context = bind_call(call.request_id, call.session_id, call.turn_id)
         gauge = self._metrics.in_flight.labels(self.service_name, method)
         self._enter()
         gauge.inc()
@@ -129,7 +128,7 @@ class Dispatcher:
             raise
         finally:
             self._close(gauge, call, outcome, started)
-            REQUEST_ID.reset(rid_token)
+            restore_context()
 
     async def stream(
         self, method: str, request: Message | AsyncIterator[Message], call: CallInfo, token: str | None
@@ -142,7 +141,7 @@ class Dispatcher:
         op = self.operation(method)
         if op.kind is Kind.UNARY:
             raise InvalidArgument(f"{method} is a unary operation; call it with one request, not as a stream")
-        rid_token = REQUEST_ID.set(call.request_id)
+        restore_context = bind_call(call.request_id, call.session_id, call.turn_id)
         m, name, proto = self._metrics, self.service_name, call.protocol
         gauge = m.in_flight.labels(name, method)
         sent = m.stream_messages.labels(name, method, proto, "out")
@@ -174,8 +173,7 @@ class Dispatcher:
             raise
         finally:
             self._close(gauge, call, outcome, started)
-            with contextlib.suppress(ValueError):  # closed from another context: nothing to restore
-                REQUEST_ID.reset(rid_token)
+            restore_context()  # tolerates a generator closed from another context
 
     def _close(self, gauge: Gauge, call: CallInfo, outcome: str, started: float) -> None:
         """Bookkeeping at the end of every call, unary or streaming."""

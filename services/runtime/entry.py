@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.context import LAUNCH_SPEC_ENV, ServiceContext, StandaloneContext
 from core.errors import ConfigError, UltravoxError
+from core.logs import register_secret
 from services.runtime.api import ServiceFactory
 from services.runtime.lifecycle import EXIT_CRASH, EXIT_STARTUP, EXIT_USAGE, ServiceRunner
 from services.runtime.logs import configure_logging
@@ -74,6 +75,7 @@ def service_main(default_service: str, factory: ServiceFactory, argv: list[str] 
     except UltravoxError as e:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
+    register_secret(ctx.token)  # the internal token never reaches a log line
     configure_logging(ctx.config.name, args.log_level)
     try:
         return asyncio.run(_serve(ctx, factory))

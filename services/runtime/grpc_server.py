@@ -43,6 +43,7 @@ def _call_info(op: Operation, context: grpc.aio.ServicerContext) -> tuple[CallIn
     left = context.time_remaining()
     call = CallInfo(
         method=op.name, protocol="grpc", request_id=rid, peer=context.peer() or "",
+        session_id=md.get("x-session-id", "")[:64], turn_id=md.get("x-turn-id", "")[:64],
         deadline=None if left is None else time.monotonic() + left,
     )
     return call, md.get("x-internal-token")

@@ -60,7 +60,11 @@ class HttpKit:
     def call_info(self, request: Request, method: str, protocol: Transport) -> CallInfo:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         peer = f"{request.client.host}:{request.client.port}" if request.client else ""
-        return CallInfo(method=method, protocol=protocol, request_id=rid, peer=peer)
+        h = request.headers
+        return CallInfo(
+            method=method, protocol=protocol, request_id=rid, peer=peer,
+            session_id=h.get("x-session-id", "")[:64], turn_id=h.get("x-turn-id", "")[:64],
+        )
 
     def authenticate(self, request: Request) -> None:
         token = self.token(request)

@@ -1,65 +1,56 @@
-"""JSON-lines logging to stderr, with the current call's request id on every line.
+"""Service logging: ``core.logs`` (JSON lines on stderr, or text) plus the call context.
 
-Main captures each service's stderr into rotating log files, so one JSON object per line is the
-whole contract: ``ts``, ``level``, ``service``, ``logger``, ``msg``, ``request_id`` (when a call is
-in progress), any ``extra={...}`` fields, and ``exc`` with the traceback. Callers must never put
-audio bytes or the internal token into a log record.
+Main captures each service's stderr into rotating log files (var/log/<service>.log), so one
+line per record is the whole contract: ``ts``, ``level``, ``service``, ``logger``, ``msg``, the
+call's ``request_id``, ``session_id`` and ``turn_id`` (sent by the hub as ``x-request-id``,
+``x-session-id`` and ``x-turn-id``; set by the dispatcher for the duration of the call), any
+``extra={...}`` fields, and ``exc`` with the traceback. The format is ``UV_LOG_FORMAT``
+(``json`` unless main was asked for text). The formatter keeps audio bytes, credentials,
+conversation text and the internal token out of the lines (see ``core.logs``).
 """
 
 from __future__ import annotations
 
-import contextvars
-import json
-import logging
-import sys
-from datetime import UTC, datetime
-from typing import Any, TextIO
+import contextlib
+import os
+from collections.abc import Callable
+from typing import TextIO
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-
-# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged as a field.
-_STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
-    | {"message", "asctime", "color_message", "taskName"}
+from core.logs import (
+    LOG_FORMAT_ENV,
+    JsonFormatter,
+    LogFormat,
+    request_id_var,
+    session_id_var,
+    setup_logging,
+    turn_id_var,
 )
 
+REQUEST_ID = request_id_var
+SESSION_ID = session_id_var
+TURN_ID = turn_id_var
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record; values that JSON cannot carry are written with ``repr``."""
+__all__ = ["REQUEST_ID", "SESSION_ID", "TURN_ID", "JsonFormatter", "bind_call", "configure_logging"]
 
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
 
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "service": self.service,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        rid = getattr(record, "request_id", None) or REQUEST_ID.get()
-        if rid:
-            out["request_id"] = rid
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and key not in out and key != "request_id":
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=repr, ensure_ascii=False)
+def bind_call(request_id: str, session_id: str = "", turn_id: str = "") -> Callable[[], None]:
+    """Set the call's ids in the logging context; returns what restores the previous ones.
+
+    The restore tolerates running in another context (a stream generator closed from
+    elsewhere): there is nothing to restore then.
+    """
+    tokens = [(var, var.set(value)) for var, value in
+              ((REQUEST_ID, request_id), (SESSION_ID, session_id), (TURN_ID, turn_id))]
+
+    def restore() -> None:
+        for var, token in reversed(tokens):
+            with contextlib.suppress(ValueError):
+                var.reset(token)
+
+    return restore
 
 
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Route every logger (uvicorn, grpc, the engines) through one JSON handler on stderr."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        lg = logging.getLogger(name)
-        lg.handlers.clear()
-        lg.propagate = True
+    """Route every logger (uvicorn, grpc, the engines) through one handler on stderr."""
+    fmt: LogFormat = "text" if os.environ.get(LOG_FORMAT_ENV, "json").lower() == "text" else "json"
+    setup_logging(service, fmt, level=level, stream=stream)

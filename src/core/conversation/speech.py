@@ -158,7 +158,8 @@ class SpeechOutput:
                 other.task.cancel()
         code = err.code if isinstance(err, CallError) else "INTERNAL"
         self.log.error(
-            "TTS failed on chunk %r: %s: %s; the reply goes on as text only", chunk.text[:60], type(err).__name__,
+            "TTS failed on a %d-char chunk: %s: %s; the reply goes on as text only", len(chunk.text),
+            type(err).__name__,
             err, exc_info=not isinstance(err, CallError),
         )
         await self.sink.send_event({

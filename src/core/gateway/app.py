@@ -47,6 +47,7 @@ from core.gateway.routes import (
     webrtc,
 )
 from core.gateway.runtime import MainRuntime
+from core.logs import RequestContext, register_secret
 from core.managers.hub import CommunicationManager
 from core.managers.supervisor import ServiceSupervisor
 from core.sessions import (
@@ -157,6 +158,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None) -> FastAPI:
     api_key = gateway_api_key(g)
+    register_secret(api_key)  # neither the key nor the internal token may reach a log line
+    register_secret(g.internal_token)
     agents = load_agents(agents_dir(g))
     ctx = ProcessContext(global_=g, name="main")
 
@@ -200,6 +203,7 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
                     )
             return await call_next(request)
 
+    app.add_middleware(RequestContext)  # outermost: every request, refused ones included, gets an id
     install_error_handlers(app)
     app.include_router(control.router)
     app.include_router(openai_audio.router)

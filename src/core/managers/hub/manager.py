@@ -52,6 +52,7 @@ from core.errors import (
     RequestRejected,
     ServiceUnavailable,
 )
+from core.logs import context_metadata
 from core.managers.endpoint import Endpoint, EndpointResolver
 from core.managers.hub.breaker import BreakerState, CircuitBreaker
 from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics
@@ -328,8 +329,9 @@ class CommunicationManager:
 
 
 def _caller_metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
-    """Lower-case keys, a request id always present (the caller's, or a new one), no token."""
-    md = {k.lower(): str(v) for k, v in (metadata or {}).items()}
+    """Lower-case keys, no token, and the logging context: the caller's ids first, then those of
+    the current context (``core.logs``: request, session, turn); a request id is always present."""
+    md = {**context_metadata(), **{k.lower(): str(v) for k, v in (metadata or {}).items()}}
     md.pop("x-internal-token", None)
     rid = md.pop("x-request-id", "") or uuid.uuid4().hex
     return (("x-request-id", rid), *md.items())
