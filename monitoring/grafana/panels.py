@@ -23,12 +23,14 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class Q:
-    """One PromQL query of a panel; ``legend`` is Grafana's legendFormat (``{{label}}``)."""
+    """One PromQL query of a panel; ``legend`` is Grafana's legendFormat (``{{label}}``); ``unit``
+    overrides the panel's unit for this query's series only."""
 
     expr: str
     legend: str = ""
     instant: bool = False
     fmt: str = "time_series"
+    unit: str = ""
 
 
 @dataclass
@@ -65,6 +67,14 @@ def _targets(queries: tuple[Q, ...]) -> list[Json]:
     return out
 
 
+def _overrides(queries: tuple[Q, ...]) -> list[Json]:
+    return [
+        {"matcher": {"id": "byFrameRefID", "options": chr(ord("A") + i)},
+         "properties": [{"id": "unit", "value": q.unit}]}
+        for i, q in enumerate(queries) if q.unit
+    ]
+
+
 def _thresholds(steps: list[tuple[float | None, str]] | None) -> Json:
     steps = steps or [(None, "green")]
     return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
@@ -84,7 +94,8 @@ def _panel(kind: str, title: str, queries: tuple[Q, ...], *, description: str, u
             defaults[key] = value
     body = {
         "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
-        "targets": _targets(queries), "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options,
+        "targets": _targets(queries), "options": options,
+        "fieldConfig": {"defaults": defaults, "overrides": _overrides(queries)},
     }
     return Panel(body, w, h)
 

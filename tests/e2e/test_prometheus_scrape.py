@@ -1,0 +1,290 @@
+"""A real Prometheus scraping a real stack through monitoring/prometheus.yml.
+
+One scenario (module fixture), then checks on what Prometheus saw:
+
+1. main.py with the real STT, TTS and LLM services; Prometheus on a free loopback port, scraping
+   every second with the config ``scripts/start_monitoring.sh config`` renders for that main
+   (targets from main's http_sd endpoint, the shipped alert rules loaded);
+2. conversation turns: a typed REST turn, a spoken REST upload, a spoken question streamed in
+   real time over /ws/voice, a /ws/voice reply cut by a ``kill -9`` of the LLM, a REST turn
+   while the LLM is down (the hub falls back and retries), and a REST turn once the supervisor
+   has it RUNNING again;
+3. Prometheus has scraped all of it.
+
+Then: every target is up (the LLM's at its new port), every dashboard query and every alert
+rule's measure returns series, and the restart shows in ultravox_service_restarts_total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.helpers.prometheus import (
+    APT_HINT,
+    PrometheusProcess,
+    alert_rules,
+    dashboard_exprs,
+    measure,
+    render_config,
+    running_prometheus,
+    tool,
+)
+from tests.helpers.speech import convert, speech_bytes
+from tests.helpers.stack import MainProcess, free_port, make_config_dir, running_main, stack_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+CONV = "/api/orchestrator/conversation"
+QUESTION = "What is the capital of France?"
+LONG_ASK = "Tell me about the history of Rome in great detail."
+COMPONENTS = {"main", "stt", "tts", "llm"}
+FRAME = 640  # 20 ms of PCM16 at 16 kHz
+TURN_S = 240.0
+V2V_P95 = "histogram_quantile(0.95, sum by (le) (rate(ultravox_voice_to_voice_seconds_bucket[5m])))"
+
+
+def silence(seconds: float) -> bytes:
+    return b"\x00\x00" * int(16000 * seconds)
+
+
+class VoiceSocket:
+    """A /ws/voice client whose microphone sends 20 ms frames in real time, silence unless speaking."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self._speech: asyncio.Queue[bytes] = asyncio.Queue()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, main: MainProcess) -> AsyncIterator[VoiceSocket]:
+        async with connect(main.url.replace("http", "ws", 1) + "/ws/voice", max_size=None) as ws:
+            client = cls(ws)
+            tasks = [asyncio.create_task(client._read())]
+            await client.wait("ready")
+            tasks.append(asyncio.create_task(client._mic()))
+            try:
+                yield client
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def speak(self, pcm: bytes) -> None:
+        self._speech.put_nowait(pcm)
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send(json.dumps({"type": "text", "text": text}))
+
+    async def wait(self, kind: str, *, since: int = 0, timeout: float = TURN_S) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                while not (found := [e for e in self.events[since:] if e.get("type") == kind]):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"no {kind!r} within {timeout} s; events: {self.events[-20:]}") from None
+        return found[0]
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if isinstance(message, str):
+                self.events.append(json.loads(message))
+                self._changed.set()
+
+    async def _mic(self) -> None:
+        pending, t = b"", time.monotonic()
+        while True:
+            if not pending and not self._speech.empty():
+                pending = self._speech.get_nowait()
+            frame, pending = (pending[:FRAME], pending[FRAME:]) if pending else (silence(0.02), b"")
+            await self.ws.send(frame)
+            t += 0.02
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+
+
+@dataclass
+class Run:
+    main: MainProcess
+    prom: PrometheusProcess
+    llm_before: dict[str, Any]
+    llm_after: dict[str, Any]
+    outcomes: dict[str, str]
+
+
+async def service(http: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    row: dict[str, Any] = (await http.get(f"/services/{name}")).json()
+    return row
+
+
+async def rest_turn(http: httpx.AsyncClient, session: str, message: str) -> dict[str, Any]:
+    r = await http.post(CONV, json={"session_id": session, "message": message, "audio": "none"})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def converse(main: MainProcess) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The turns of the scenario; returns the LLM's status before the kill and after its restart."""
+    outcomes: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=main.url, timeout=httpx.Timeout(TURN_S, connect=10)) as http:
+        outcomes["rest text"] = (await rest_turn(http, "prom-rest", QUESTION))["outcome"]
+        r = await http.post(f"{CONV}/audio", files={"file": ("q.wav", speech_bytes(QUESTION), "audio/wav")},
+                            data={"session_id": "prom-spoken"})
+        assert r.status_code == 200, r.text
+        assert r.json()["latency"]["voice_to_voice_s"] > 0, r.json()
+        outcomes["rest spoken"] = r.json()["outcome"]
+
+        before = await service(http, "llm")
+        async with VoiceSocket.open(main) as voice:
+            voice.speak(silence(0.3) + convert(speech_bytes(QUESTION), 16000, 1).data)
+            spoken = await voice.wait("turn_complete")
+            outcomes["ws spoken"] = spoken["outcome"]
+            mark = len(voice.events)
+            await voice.send_text(LONG_ASK)
+            await voice.wait("llm_text", since=mark)
+            os.kill(before["pid"], signal.SIGKILL)
+            cut = await voice.wait("turn_complete", since=mark)
+            assert cut["outcome"] == "degraded" and cut["degraded"] == "llm", cut
+            outcomes["ws crash"] = cut["outcome"]
+
+        # The LLM is still loading (or not yet respawned): the hub's gRPC, msgpack and JSON
+        # attempts are refused, it falls back and retries, and the turn speaks the fallback.
+        while_down = await rest_turn(http, "prom-down", QUESTION)
+        outcomes["rest while llm down"] = while_down["outcome"]
+
+        deadline = time.monotonic() + 300
+        while (after := await service(http, "llm"))["state"] != "RUNNING" or after["pid"] == before["pid"]:
+            assert time.monotonic() < deadline, f"the supervisor did not restart the LLM: {after}"
+            await asyncio.sleep(0.5)
+        outcomes["rest after restart"] = (await rest_turn(http, "prom-after", QUESTION))["outcome"]
+    return before, after, outcomes
+
+
+def wait_scraped(prom: PrometheusProcess, main: MainProcess, llm_port: int) -> None:
+    """Until Prometheus holds every target up (the LLM at its new port) and main's latest counts."""
+    turns = sum(float(line.split()[-1]) for line in httpx.get(f"{main.url}/metrics", timeout=10).text.splitlines()
+                if line.startswith("ultravox_turns_total{"))
+
+    def caught_up() -> bool:
+        targets = prom.targets()
+        up = {t["labels"]["instance"] for t in targets if t["health"] == "up"}
+        llm_urls = [t["scrapeUrl"] for t in targets if t["labels"]["instance"] == "llm"]
+        seen = prom.query("sum(ultravox_turns_total)")
+        # three samples of the restarted LLM's counters, so rate() over them has a value
+        fresh = prom.query("min(count_over_time(uv_llm_completion_tokens_total[15s]))")
+        return (up == COMPONENTS and llm_urls == [f"http://127.0.0.1:{llm_port}/metrics"]
+                and bool(seen) and float(seen[0]["value"][1]) >= turns
+                and bool(fresh) and float(fresh[0]["value"][1]) >= 3)
+
+    prom.wait_for(caught_up, 120, "caught up with the stack")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    if tool("prometheus") is None:
+        pytest.skip(f"prometheus is missing: {APT_HINT}")
+    tmp = tmp_path_factory.mktemp("prometheus-scrape")
+    cfg = make_config_dir(tmp / "config", lambda d: d.setdefault("conversation", {}).update(
+        rate_limit_per_minute=1000))
+    with running_main(tmp / "var", stack_env(tmp / "var", cfg), "prometheus_scrape") as main:
+        config = render_config(main.url, scrape_interval="1s", alertmanager=f"127.0.0.1:{free_port()}")
+        with running_prometheus(tmp / "prometheus", config) as prom:
+            prom.wait_for(lambda: {t["labels"]["instance"] for t in prom.targets() if t["health"] == "up"}
+                          == COMPONENTS, 120, "scraping main and every service")
+            before, after, outcomes = asyncio.run(converse(main))
+            wait_scraped(prom, main, after["http_port"])
+            yield Run(main, prom, before, after, outcomes)
+
+
+def test_the_turns_went_as_planned(run: Run) -> None:
+    assert run.outcomes["rest text"] == run.outcomes["rest spoken"] == run.outcomes["ws spoken"] == "ok"
+    assert run.outcomes["ws crash"] == "degraded"
+    assert run.outcomes["rest after restart"] == "ok", run.outcomes
+
+
+def test_every_target_is_up_with_its_labels(run: Run) -> None:
+    targets = {t["labels"]["instance"]: t for t in run.prom.targets()}
+    assert set(targets) == COMPONENTS
+    for name, t in targets.items():
+        assert t["health"] == "up", (name, t["lastError"])
+        assert t["labels"]["job"] == "ultravox" and t["labels"]["component"] == name
+        assert t["labels"]["role"] == ("gateway" if name == "main" else name)
+        assert t["labels"]["profile"] == "local-pc"
+    # discovery followed the restart: the LLM is scraped where its new process listens
+    assert run.llm_after["pid"] != run.llm_before["pid"]
+    assert targets["llm"]["scrapeUrl"] == f"http://127.0.0.1:{run.llm_after['http_port']}/metrics"
+
+
+def failures_of(prom: PrometheusProcess, exprs: list[tuple[str, str]]) -> list[str]:
+    bad = []
+    for source, expr in exprs:
+        try:
+            result = prom.query(expr)
+        except AssertionError as e:
+            bad.append(f"{source}: {expr}\n  error: {e}")
+            continue
+        if not result:
+            bad.append(f"{source}: {expr}\n  no series")
+    return bad
+
+
+def test_every_dashboard_query_returns_series(run: Run) -> None:
+    exprs = [(e.source, e.evaluable) for e in dashboard_exprs()]
+    assert len(exprs) > 60
+    bad = failures_of(run.prom, exprs)
+    assert not bad, f"{len(bad)} of {len(exprs)} dashboard queries:\n" + "\n".join(bad)
+
+
+def test_every_alert_rules_measure_returns_series_and_the_rule_evaluates(run: Run) -> None:
+    rules = alert_rules()
+    bad = failures_of(run.prom, [(r["alert"], measure(str(r["expr"]))) for r in rules])
+    assert not bad, "\n".join(bad)
+    for r in rules:
+        run.prom.query(str(r["expr"]))  # the whole rule runs (it may or may not hold now)
+    groups = run.prom.api("rules")["groups"]
+    health = {rule["name"]: rule["health"] for g in groups for rule in g["rules"]}
+    assert set(health) == {r["alert"] for r in rules} and set(health.values()) == {"ok"}, health
+
+
+def test_the_crash_shows_in_the_restarts_metric(run: Run) -> None:
+    restarts = run.prom.query('ultravox_service_restarts_total{service="llm"}')
+    assert [r["metric"]["instance"] for r in restarts] == ["main"]
+    assert float(restarts[0]["value"][1]) >= run.llm_before["restarts"] + 1
+    others = run.prom.query('ultravox_service_restarts_total{service=~"stt|tts"}')
+    assert others and all(float(r["value"][1]) == 0 for r in others)
+    errors = run.prom.query('ultravox_errors_total{source="supervisor", type="EXITED"}')
+    assert errors and float(errors[0]["value"][1]) >= 1
+
+
+def test_the_turn_while_the_llm_was_down_fell_back_and_retried(run: Run) -> None:
+    fallbacks = run.prom.query('sum by (from_protocol, to_protocol) (ultravox_hub_fallbacks_total{service="llm"})')
+    retries = run.prom.query('ultravox_hub_retries_total{service="llm"}')
+    assert fallbacks and retries and float(retries[0]["value"][1]) >= 1, (fallbacks, retries)
+
+
+def test_voice_to_voice_p95_is_measured(run: Run) -> None:
+    result = run.prom.query(V2V_P95)
+    assert len(result) == 1
+    p95 = float(result[0]["value"][1])
+    count = float(run.prom.query("sum(ultravox_voice_to_voice_seconds_count)")[0]["value"][1])
+    print(f"\n{V2V_P95}\n  = {p95:.3f} s over {count:.0f} spoken turns; full result: {json.dumps(result)}")
+    keep = Path(os.environ.get("UV_TEST_LOG_DIR", Path(__file__).resolve().parents[2] / "var" / "test-logs"))
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / "prometheus-voice-to-voice-p95.json").write_text(json.dumps({"query": V2V_P95, "result": result}))
+    assert count >= 2 and math.isfinite(p95) and p95 > 0
