@@ -1,0 +1,132 @@
+"""No log file of a real stack holds the API key, the internal token, raw audio or conversation text.
+
+A real main.py (API key set) with the real STT, LLM and TTS services serves: a /ws/voice turn
+spoken as 20 ms PCM frames (key in the Authorization header), a second socket that sends the
+key as ``?api_key=`` (uvicorn logs the path of every accepted WebSocket, query included), a
+REST turn, a refused wrong key, and a proxied service request (main adds the internal token).
+Then every log under var/log, and main's own stderr, is searched for the secrets, for bytes
+written as ``\\x..`` escapes or long base64 runs, and for the user's transcript and the
+assistant's reply (they belong in the conversation store, not in logs: docs/observability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.helpers.speech import convert, speech_bytes
+from tests.helpers.stack import MainProcess, running_main, stack_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+API_KEY = "redaction-test-KEY-7d2e91b4c0"
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+QUESTION = "What is the capital of France?"
+TYPED = "Name one famous painting by Leonardo da Vinci."
+FRAME = 640  # 20 ms of PCM16 at 16 kHz
+TIMEOUT = httpx.Timeout(180.0, connect=10.0)
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{160,}={0,2}")
+
+
+@pytest.fixture(scope="module")
+def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainProcess]:
+    var = tmp_path_factory.mktemp("redaction")
+    with running_main(var, stack_env(var, UV_API_KEY=API_KEY), "log_redaction") as m:
+        yield m
+
+
+async def voice_turn(m: MainProcess, pcm: bytes) -> dict[str, Any]:
+    """Speak ``pcm`` at real time on /ws/voice; return the turn_complete event."""
+    url = m.url.replace("http", "ws") + "/ws/voice"
+    async with connect(url, additional_headers=AUTH, max_size=None) as ws:
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready", ready
+        audio = b"\x00\x00" * 4800 + pcm + b"\x00\x00" * 32000  # 0.3 s silence, speech, 2 s silence
+
+        async def mic() -> None:
+            t = time.monotonic()
+            for i in range(0, len(audio), FRAME):
+                await ws.send(audio[i:i + FRAME])
+                t += 0.02
+                await asyncio.sleep(max(0.0, t - time.monotonic()))
+            while True:  # silence until the turn is over
+                await ws.send(b"\x00\x00" * 320)
+                t += 0.02
+                await asyncio.sleep(max(0.0, t - time.monotonic()))
+
+        sender = asyncio.create_task(mic())
+        try:
+            async with asyncio.timeout(240):
+                async for message in ws:
+                    if isinstance(message, str) and (event := json.loads(message))["type"] == "turn_complete":
+                        return dict(event)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+    raise AssertionError("the socket closed before turn_complete")
+
+
+async def query_key_socket(m: MainProcess) -> None:
+    url = m.url.replace("http", "ws") + f"/ws/voice?api_key={API_KEY}"
+    async with connect(url, max_size=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+
+
+def internal_token(m: MainProcess) -> str:
+    """The token main gave its services, read from a service's launch spec (we run as its parent's user)."""
+    stt = httpx.get(f"{m.url}/services/stt", headers=AUTH, timeout=30).json()
+    environ = Path(f"/proc/{stt['pid']}/environ").read_bytes().split(b"\0")
+    spec = next(v for v in environ if v.startswith(b"UV_LAUNCH_SPEC="))
+    token = json.loads(spec.split(b"=", 1)[1])["token"]
+    assert isinstance(token, str) and len(token) >= 16
+    return token
+
+
+def log_text(m: MainProcess) -> dict[str, str]:
+    files = [*sorted((m.var_dir / "log").glob("*.log*")), m.stdout_path]
+    return {p.name: p.read_text(errors="replace") for p in files}
+
+
+def test_logs_hold_no_secret_audio_or_conversation_text(main_proc: MainProcess) -> None:
+    m = main_proc
+    token = internal_token(m)
+    pcm = convert(speech_bytes(QUESTION), 16000, 1).data
+    spoken = asyncio.run(voice_turn(m, pcm))
+    assert spoken["outcome"] == "ok" and spoken["assistant_text"], spoken
+    asyncio.run(query_key_socket(m))
+    typed = httpx.post(f"{m.url}/api/orchestrator/conversation", headers=AUTH, timeout=TIMEOUT,
+                       json={"message": TYPED, "audio": "none"})
+    assert typed.status_code == 200, typed.text
+    wrong = httpx.get(f"{m.url}/services", headers={"authorization": "Bearer not-the-key"}, timeout=30)
+    assert wrong.status_code == 401
+    proxied = httpx.get(f"{m.url}/proxy/stt/readyz", headers=AUTH, timeout=30)
+    assert proxied.status_code == 200, proxied.text
+    m.stop()  # flush every log: main's, and the services' on their way down
+
+    logs = log_text(m)
+    assert {"main.log", "stt.log", "tts.log", "llm.log", "main.stdout.log"} <= set(logs), sorted(logs)
+    everything = "\n".join(logs.values())
+    assert 'WebSocket /ws/voice?api_key=***' in everything  # the guard met a real leak path: uvicorn's line
+    assert "turn latency" in logs["main.log"]
+    forbidden = {
+        "the API key": API_KEY,
+        "the internal token": token,
+        "the user's transcript": spoken["user_text"],
+        "the typed message": TYPED,
+        "the spoken reply": spoken["assistant_text"],
+        "the typed reply": typed.json()["text"],
+    }
+    for name, logs_text in logs.items():
+        for what, secret in forbidden.items():
+            assert secret and secret not in logs_text, f"{what} is in {name}"
+        assert "\\x00" not in logs_text and "b'\\x" not in logs_text, f"raw bytes in {name}"
+        assert not BASE64_RUN.search(logs_text), f"a base64 run (audio?) in {name}: {BASE64_RUN.search(logs_text)}"
