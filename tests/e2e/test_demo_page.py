@@ -40,7 +40,7 @@ system_prompt: >-
 language: en
 tts_engine: piper
 temperature: 0.3
-max_tokens: 400
+max_tokens: 256                    # the LLM service allows at most 256
 """
 NO_PROCESSING = {"aec": "0", "agc": "0", "ns": "0"}
 REPLY_S = 0.5  # at least this much reply audio must reach the page's audio graph
@@ -110,6 +110,28 @@ def test_a_spoken_turn_over_webrtc(main_in_netns: MainProcess, tmp_path: Path) -
     assert state["rtc"].get("totalSamplesReceived", 0) > 0, state["rtc"]
     report = state["latency"][0]
     assert "transport_jitter_s" in report and "transport_resample_s" in report, report
+
+
+def test_push_to_talk_sends_only_what_is_said_while_the_button_is_held(
+    main_in_netns: MainProcess, tmp_path: Path
+) -> None:
+    # The file says the question twice: at 1 s, with the button up (the server must hear nothing),
+    # and at 8 s, with the button held from 5.5 s to 12 s (the margins absorb a loaded machine).
+    mic = fake_mic_wav(tmp_path / "ptt.wav", [1.0, QUESTION, 5.0, QUESTION, 120.0])
+    with page_for(main_in_netns, mic, "demo_ptt") as page:
+        page.open(main_in_netns.url, transport="ws", ptt="1", **NO_PROCESSING)
+        assert page.page.is_visible("#talk")
+        page.connect()
+        page.at_mic_time(5.5)
+        assert page.state()["events"].get("speech_started", 0) == 0, "speech went up with the button released"
+        page.page.hover("#talk")
+        page.page.mouse.down()
+        page.at_mic_time(12.0)
+        page.page.mouse.up()
+        state = page.wait_for("a completed turn", lambda s: len(s["outcomes"]) >= 1)
+        assert state["events"]["speech_started"] == 1 and len(state["finalTranscripts"]) == 1, state["events"]
+        assert word_error_rate(QUESTION, state["finalTranscripts"][0]) <= 0.35, state["finalTranscripts"]
+        assert state["outcomes"][0]["outcome"] == "ok"
 
 
 def test_speaking_over_a_webrtc_reply_interrupts_it(main_in_netns: MainProcess, tmp_path: Path) -> None:

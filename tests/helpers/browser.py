@@ -65,6 +65,8 @@ def chromium_flags(mic_wav: Path) -> list[str]:
         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={mic_wav.resolve()}",
         "--allow-loopback-in-peer-connection",
+        # plain host addresses instead of mDNS names: a loopback-only namespace has no multicast
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
     ]
 
 
@@ -81,7 +83,7 @@ class DemoPage:
     def open(self, base_url: str, **params: str) -> None:
         """Load the page with query parameters (transport, agent, aec/agc/ns...) and its pickers filled."""
         self.page.goto(f"{base_url}/?{urlencode(params)}")
-        self.page.wait_for_function("document.querySelector('#agent').options.length > 0", timeout=30_000)
+        self.poll("the agent picker filled", "document.querySelector('#agent').options.length > 0", 30)
 
     def connect(self) -> None:
         self.page.click("#connect")
@@ -101,6 +103,24 @@ class DemoPage:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {what} on the page within {timeout}s; state: {self.summary(state)}")
             self.page.wait_for_timeout(250)
+
+    def at_mic_time(self, seconds: float) -> None:
+        """Wait until the fake microphone's file has played ``seconds`` (it starts when the mic opens)."""
+        self.poll(
+            f"{seconds} s of microphone",
+            f"window.uvDemo.state.micStartedMs !== null && "
+            f"performance.now() - window.uvDemo.state.micStartedMs >= {seconds * 1000}",
+            seconds + 60,
+        )
+
+    def poll(self, what: str, expression: str, timeout: float) -> None:
+        """Wait until a JS expression is true. (Playwright's wait_for_function evaluates strings with
+        eval, which the page's Content-Security-Policy forbids; page.evaluate is not affected.)"""
+        deadline = time.monotonic() + timeout
+        while not self.page.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} on the page within {timeout}s")
+            self.page.wait_for_timeout(50)
 
     def summary(self, state: dict[str, Any] | None = None) -> str:
         state = state or self.state()

@@ -34,6 +34,7 @@ const state = {
   errors: [],
   rtc: {},
   lastError: "",
+  micStartedMs: null, // performance.now() when the microphone opened (the fake mic's file starts then)
 };
 
 const panels = new Panels();
@@ -110,13 +111,13 @@ function onEvent(event) {
       state.latency.push(event.report);
       turns += 1;
       panels.latency(event.report, state.transport, turns);
-      panels.log("latency", `voice-to-voice ${event.report.voice_to_voice_s.toFixed(3)} s`);
+      panels.log("latency", `voice-to-voice ${Number(event.report.voice_to_voice_s).toFixed(3)} s`);
       return;
     case "turn_complete":
       state.outcomes.push({ turn_id: event.turn_id, outcome: event.outcome, interrupted: event.interrupted });
       state.assistantTexts.push(currentText);
       currentText = "";
-      panels.assistantDone(event.outcome);
+      panels.assistantDone(event.outcome, event.assistant_text);
       panels.log("turn_complete", `${event.outcome}${event.degraded ? " (" + event.degraded + ")" : ""}`);
       return;
     case "error":
@@ -179,6 +180,7 @@ async function connect() {
     micStream = await openMicrophone({
       echoCancellation: $("aec").checked, autoGainControl: $("agc").checked, noiseSuppression: $("ns").checked,
     });
+    state.micStartedMs = performance.now();
     await transport.attachMic(micStream);
     applyMic();
     setStatus("connected", `connected (${kind === "ws" ? "WebSocket" : "WebRTC"})`);

@@ -86,13 +86,19 @@ export class Panels {
     this.assistantItem.scrollIntoView({ block: "nearest" });
   }
 
-  assistantDone(outcome) {
-    if (this.assistantItem) {
-      this.assistantItem.classList.remove("streaming");
-      if (outcome !== "ok") this.assistantItem.classList.add(outcome);
-      this.assistantItem.title = outcome;
-    }
+  // `heard` is what the user heard of the reply: after a barge-in the rest is shown struck out.
+  assistantDone(outcome, heard = null) {
+    const item = this.assistantItem;
     this.assistantItem = null;
+    if (!item) return;
+    item.classList.remove("streaming");
+    item.title = outcome;
+    if (outcome !== "ok") item.classList.add(outcome);
+    const written = item.textContent;
+    if (outcome === "interrupted" && heard !== null && written.startsWith(heard.trim())) {
+      const cut = heard.trim().length;
+      item.replaceChildren(document.createTextNode(written.slice(0, cut)), el("s", "unheard", written.slice(cut)));
+    }
   }
 
   // On for a moment after each audible report, so the dot does not flicker between words.
@@ -112,10 +118,10 @@ export class Panels {
     $("v2v").textContent = `voice-to-voice ${ms(total)}`;
     const bars = $("latency-bars");
     bars.replaceChildren();
-    const scale = Math.max(total, ...STAGES.map((s) => report[s.key] || 0)) || 1;
+    const scale = Math.max(total, ...STAGES.map((s) => Number(report[s.key]) || 0)) || 1;
     let offset = 0;
     for (const stage of STAGES) {
-      if (!(stage.key in report)) continue;
+      if (typeof report[stage.key] !== "number") continue; // absent, or null (no audio that turn)
       const value = report[stage.key];
       const row = el("div", "bar-row");
       row.dataset.stage = stage.key;
