@@ -1,4 +1,5 @@
-"""No log file of a real stack holds the API key, the internal token, raw audio or conversation text.
+"""No log file of a real stack holds the API key, the internal token, raw audio or conversation text;
+``--log-format text`` reaches main's file and every service.
 
 A real main.py (API key set) with the real STT, LLM and TTS services serves: a /ws/voice turn
 spoken as 20 ms PCM frames (key in the Authorization header), a second socket that sends the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.helpers.speech import convert, speech_bytes
-from tests.helpers.stack import MainProcess, running_main, stack_env
+from tests.helpers.stack import ROOT, MainProcess, running_main, stack_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -130,3 +132,18 @@ def test_logs_hold_no_secret_audio_or_conversation_text(main_proc: MainProcess) 
             assert secret and secret not in logs_text, f"{what} is in {name}"
         assert "\\x00" not in logs_text and "b'\\x" not in logs_text, f"raw bytes in {name}"
         assert not BASE64_RUN.search(logs_text), f"a base64 run (audio?) in {name}: {BASE64_RUN.search(logs_text)}"
+
+
+def test_log_format_text_reaches_main_file_and_services(tmp_path: Path) -> None:
+    env = {k: v for k, v in stack_env(tmp_path).items() if k != "UV_LOG_FORMAT"}
+    m = MainProcess(tmp_path, env, cmd=[sys.executable, str(ROOT / "main.py"), "--log-format", "text"]).start()
+    try:
+        m.wait_healthy(600)
+    finally:
+        m.stop()
+    for name, service in (("main.log", "main"), ("stt.log", "stt"), ("llm.log", "llm"), ("tts.log", "tts")):
+        lines = [ln for ln in (tmp_path / "log" / name).read_text().splitlines()
+                 if ln and not ln.startswith(("[supervisor]", " ", "Traceback"))]
+        ours = [ln for ln in lines if f"[{service}] " in ln]
+        assert ours, f"no text line of {service} in {name}: {lines[:5]}"
+        assert not any(ln.startswith("{") for ln in lines), f"a JSON line in {name}"
