@@ -6,13 +6,14 @@ One scenario (module fixture), then checks on what Prometheus saw:
    every second with the config ``scripts/start_monitoring.sh config`` renders for that main
    (targets from main's http_sd endpoint, the shipped alert rules loaded);
 2. conversation turns: a typed REST turn, a spoken REST upload, a spoken question streamed in
-   real time over /ws/voice, a /ws/voice reply cut by a ``kill -9`` of the LLM, a REST turn
-   while the LLM is down (the hub falls back and retries), and a REST turn once the supervisor
-   has it RUNNING again;
+   real time over /ws/voice, a /ws/voice reply cut by a ``kill -9`` of the LLM, a REST turn sent
+   right after the kill (the hub falls back and retries), and a REST turn once the supervisor
+   has the LLM RUNNING again;
 3. Prometheus has scraped all of it.
 
 Then: every target is up (the LLM's at its new port), every dashboard query and every alert
-rule's measure returns series, and the restart shows in ultravox_service_restarts_total.
+rule's measure returns series, ``promtool check metrics`` is clean on every target, and the
+restart shows in ultravox_service_restarts_total.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -159,14 +161,13 @@ async def converse(main: MainProcess) -> tuple[dict[str, Any], dict[str, Any], d
             await voice.send_text(LONG_ASK)
             await voice.wait("llm_text", since=mark)
             os.kill(before["pid"], signal.SIGKILL)
+            # At once, while no new LLM process listens yet (it takes seconds to start): the hub's
+            # gRPC, msgpack and JSON attempts are refused, so it falls back and retries.
+            while_down = asyncio.create_task(rest_turn(http, "prom-down", QUESTION))
             cut = await voice.wait("turn_complete", since=mark)
             assert cut["outcome"] == "degraded" and cut["degraded"] == "llm", cut
             outcomes["ws crash"] = cut["outcome"]
-
-        # The LLM is still loading (or not yet respawned): the hub's gRPC, msgpack and JSON
-        # attempts are refused, it falls back and retries, and the turn speaks the fallback.
-        while_down = await rest_turn(http, "prom-down", QUESTION)
-        outcomes["rest while llm down"] = while_down["outcome"]
+            outcomes["rest while llm down"] = (await while_down)["outcome"]
 
         deadline = time.monotonic() + 300
         while (after := await service(http, "llm"))["state"] != "RUNNING" or after["pid"] == before["pid"]:
@@ -231,6 +232,15 @@ def test_every_target_is_up_with_its_labels(run: Run) -> None:
     assert targets["llm"]["scrapeUrl"] == f"http://127.0.0.1:{run.llm_after['http_port']}/metrics"
 
 
+def test_promtool_check_metrics_is_clean_on_every_target(run: Run) -> None:
+    promtool = tool("promtool")
+    assert promtool is not None
+    for t in run.prom.targets():
+        exposition = httpx.get(t["scrapeUrl"], timeout=10).text
+        r = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True)
+        assert r.returncode == 0 and not r.stdout.strip(), f"{t['scrapeUrl']}:\n{r.stdout}{r.stderr}"
+
+
 def failures_of(prom: PrometheusProcess, exprs: list[tuple[str, str]]) -> list[str]:
     bad = []
     for source, expr in exprs:
@@ -283,7 +293,8 @@ def test_voice_to_voice_p95_is_measured(run: Run) -> None:
     assert len(result) == 1
     p95 = float(result[0]["value"][1])
     count = float(run.prom.query("sum(ultravox_voice_to_voice_seconds_count)")[0]["value"][1])
-    print(f"\n{V2V_P95}\n  = {p95:.3f} s over {count:.0f} spoken turns; full result: {json.dumps(result)}")
+    print(f"\n{V2V_P95}\n  = {p95:.3f} s over {count:.0f} spoken turns; full result: {json.dumps(result)}"
+          f"\n  turn outcomes: {run.outcomes}")
     keep = Path(os.environ.get("UV_TEST_LOG_DIR", Path(__file__).resolve().parents[2] / "var" / "test-logs"))
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "prometheus-voice-to-voice-p95.json").write_text(json.dumps({"query": V2V_P95, "result": result}))
