@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import CircuitOpen, InvalidArgument, ServiceUnavailable, TransportError
-from tests.unit.hub_fakes import Rig, fast_config
+from tests.unit.hub_fakes import Rig, StreamStep, fast_config
 
 
 def errors(rig: Rig, kind: str) -> float:
@@ -58,3 +58,13 @@ async def test_rejections_and_open_breakers_are_counted_by_code() -> None:
         await rig.hub.call("stt", "Echo")
     assert errors(rig, "UNAVAILABLE") == 2
     assert rig.sample("ultravox_hub_breaker_state", service="stt") == 2
+
+
+async def test_a_live_stream_that_breaks_counts_once_and_a_fallback_before_it_does_not() -> None:
+    rig = Rig(streams={"grpc": [TransportError("refused")],
+                       "msgpack": [StreamStep(messages=1, then=TransportError("connection reset"))]})
+    with pytest.raises(TransportError):
+        async for _ in rig.hub.stream("stt", "EchoRepeat", {"payload": b"z", "count": 3}):
+            pass
+    assert rig.calls("grpc", "transport_error", method="EchoRepeat") == 1  # the fallback: no error of the call
+    assert errors(rig, "UNAVAILABLE") == 1  # the break the consumer saw
