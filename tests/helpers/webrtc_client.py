@@ -202,14 +202,23 @@ def to_48k_mono(wav: bytes) -> bytes:
     return convert(wav, RATE, 1).data
 
 
-async def _main(base_url: str, text: str) -> None:
+async def _main(base_url: str, mode: str, text: str) -> None:
+    """``turn``: one typed turn, a JSON summary, DELETE. ``hold``: connect, print ``pc_id``, stay until killed."""
     async with WebRtcClient.open(base_url) as c:
+        if mode == "hold":
+            print(json.dumps({"pc_id": c.pc_id}), flush=True)
+            await asyncio.Event().wait()
         c.send({"type": "text", "text": text})
         done = await c.wait("turn_complete")
-        print(json.dumps({"turn": done, "frames": c.frames, "loud_frames": c.loud_frames}))
+        print(json.dumps({"turn": done, "frames": c.frames, "loud_frames": c.loud_frames}), flush=True)
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    asyncio.run(_main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "Say hello."))
+    parser = argparse.ArgumentParser(description="One WebRTC voice call against a running main.")
+    parser.add_argument("base_url")
+    parser.add_argument("--mode", choices=("turn", "hold"), default="turn")
+    parser.add_argument("--text", default="Say hello.")
+    args = parser.parse_args()
+    asyncio.run(_main(args.base_url, args.mode, args.text))

@@ -73,6 +73,6 @@ async def end_call(pc_id: str, request: Request) -> Response:
 
 
 @router.get("/api/webrtc/stats")
-async def webrtc_stats(request: Request) -> dict[str, int]:
+async def webrtc_stats(request: Request) -> dict[str, Any]:
     """Open calls, asyncio tasks, threads and open fds of main (what a leak check compares)."""
     return peers_of(request).stats()

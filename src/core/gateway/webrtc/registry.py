@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
+from collections import Counter as Tally
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -74,12 +77,15 @@ class PeerRegistry:
         """Shutdown: every call ends (``shutdown``) and every close in flight finishes."""
         await asyncio.gather(*(p.close("shutdown") for p in list(self.peers.values())), return_exceptions=True)
 
-    def stats(self) -> dict[str, int]:
-        """Open calls and the process's asyncio tasks, threads and file descriptors (leak checks)."""
+    def stats(self) -> dict[str, Any]:
+        """Open calls and the process's asyncio tasks, threads (also by name, numbers cut off) and file
+        descriptors: what a leak check compares."""
+        names = Tally(re.sub(r"[-_]?\d+$", "", t.name) for t in threading.enumerate())
         return {
             "peers": len(self.peers),
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
+            "thread_names": dict(sorted(names.items())),
             "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
         }
 

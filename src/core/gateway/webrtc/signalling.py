@@ -119,9 +119,9 @@ def parse_candidates(raw: bytes) -> list[RTCIceCandidate | None]:
         if c.sdpMid is None and c.sdpMLineIndex is None:
             raise InvalidArgument(f"candidates.{i}: give sdpMid or sdpMLineIndex (as the browser's candidate has)")
         text = c.candidate.strip().removeprefix("a=")
-        try:
+        try:  # aiortc asserts on too few fields
             cand = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as e:
+        except (ValueError, IndexError, AssertionError) as e:
             raise InvalidArgument(
                 f"candidates.{i}: {c.candidate[:80]!r} is not an ICE candidate line ('candidate:<foundation> "
                 "<component> <protocol> <priority> <address> <port> typ <type> ...')"
