@@ -37,6 +37,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.helpers.prometheus import (
     APT_HINT,
+    START_MONITORING,
+    PrometheusApi,
     PrometheusProcess,
     alert_rules,
     dashboard_exprs,
@@ -46,7 +48,7 @@ from tests.helpers.prometheus import (
     tool,
 )
 from tests.helpers.speech import convert, speech_bytes
-from tests.helpers.stack import MainProcess, free_port, make_config_dir, running_main, stack_env
+from tests.helpers.stack import MainProcess, free_port, make_config_dir, pid_alive, running_main, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -241,7 +243,32 @@ def test_promtool_check_metrics_is_clean_on_every_target(run: Run) -> None:
         assert r.returncode == 0 and not r.stdout.strip(), f"{t['scrapeUrl']}:\n{r.stdout}{r.stderr}"
 
 
-def failures_of(prom: PrometheusProcess, exprs: list[tuple[str, str]]) -> list[str]:
+def test_start_monitoring_sh_scrapes_the_stack_and_stops(run: Run, tmp_path: Path) -> None:
+    """The operator's path: the script's Prometheus finds every target up and its Alertmanager."""
+    script = str(START_MONITORING)
+    env = {**os.environ, "UV_MONITORING_DIR": str(tmp_path), "PROMETHEUS_PORT": str(free_port()),
+           "ALERTMANAGER_PORT": str(free_port()), "GRAFANA_PORT": str(free_port())}
+    started = subprocess.run(["bash", script, "start", "--main", run.main.url], env=env, capture_output=True,
+                             text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"Prometheus:   http://127.0.0.1:{env['PROMETHEUS_PORT']}" in started.stdout
+        pids = {name: int((tmp_path / f"{name}.pid").read_text()) for name in ("prometheus", "alertmanager")}
+        prom = PrometheusApi(f"http://127.0.0.1:{env['PROMETHEUS_PORT']}", tmp_path / "prometheus.log")
+        prom.wait_for(lambda: {t["labels"]["instance"] for t in prom.targets() if t["health"] == "up"}
+                      == COMPONENTS, 120, "scraping main and every service")
+        prom.wait_for(lambda: [a["url"] for a in prom.api("alertmanagers")["activeAlertmanagers"]]
+                      == [f"http://127.0.0.1:{env['ALERTMANAGER_PORT']}/api/v2/alerts"], 60, "sending to Alertmanager")
+        status = subprocess.run(["bash", script, "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert status.stdout.count(" up ") == len(COMPONENTS), status.stdout
+    finally:
+        stopped = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(pid_alive(pid) for pid in pids.values())
+    assert not list(tmp_path.glob("*.pid"))
+
+
+def failures_of(prom: PrometheusApi, exprs: list[tuple[str, str]]) -> list[str]:
     bad = []
     for source, expr in exprs:
         try:

@@ -9,7 +9,7 @@
   healthy stack, where the alert itself must not fire).
 * ``check_exprs`` parses expressions with ``promtool check rules``.
 * ``running_prometheus`` runs the real ``prometheus`` binary on a free loopback port in a temp dir
-  and prints its log when the block fails.
+  and prints its log when the block fails; ``PrometheusApi`` talks to any Prometheus.
 """
 
 from __future__ import annotations
@@ -201,39 +201,21 @@ class PrometheusError(AssertionError):
     pass
 
 
-class PrometheusProcess:
-    """The ``prometheus`` binary on 127.0.0.1:<free port>, data and log in ``workdir``."""
+class PrometheusApi:
+    """The HTTP API of a Prometheus at ``url`` (whoever started it), and its log file."""
 
-    def __init__(self, workdir: Path, config: str) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config_path = workdir / "prometheus.yml"
-        self.log_path = workdir / "prometheus.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(config)
+    def __init__(self, url: str, log_path: Path) -> None:
+        self.url, self.log_path = url, log_path
 
-    def start(self) -> PrometheusProcess:
-        binary = tool("prometheus")
-        if binary is None:
-            raise RuntimeError(f"prometheus is missing: {APT_HINT}")
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        self.wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, timeout, "ready")
+    def exited(self) -> str:
+        """Why the server is gone, or "" (only known for a process we started)."""
+        return ""
 
     def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log()}")
+            if gone := self.exited():
+                raise PrometheusError(f"prometheus {gone}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
                 if check():
                     return
@@ -260,6 +242,39 @@ class PrometheusProcess:
     def log(self, lines: int = 80) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class PrometheusProcess(PrometheusApi):
+    """The ``prometheus`` binary on 127.0.0.1:<free port>, config, data and log in ``workdir``."""
+
+    def __init__(self, workdir: Path, config: str) -> None:
+        self.port = free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}", workdir / "prometheus.log")
+        self.workdir = workdir
+        self.config_path = workdir / "prometheus.yml"
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(config)
+
+    def start(self) -> PrometheusProcess:
+        binary = tool("prometheus")
+        if binary is None:
+            raise RuntimeError(f"prometheus is missing: {APT_HINT}")
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    def exited(self) -> str:
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"exited with {self.proc.returncode}"
+        return ""
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, timeout, "ready")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
