@@ -228,7 +228,9 @@ def test_every_target_is_up_with_its_labels(run: Run) -> None:
         assert t["health"] == "up", (name, t["lastError"])
         assert t["labels"]["job"] == "ultravox" and t["labels"]["component"] == name
         assert t["labels"]["role"] == ("gateway" if name == "main" else name)
-        assert t["labels"]["profile"] == "local-pc"
+    info = run.prom.query("ultravox_build_info")
+    assert len(info) == 1 and info[0]["metric"]["profile"]
+    assert {t["labels"]["profile"] for t in targets.values()} == {info[0]["metric"]["profile"]}
     # discovery followed the restart: the LLM is scraped where its new process listens
     assert run.llm_after["pid"] != run.llm_before["pid"]
     assert targets["llm"]["scrapeUrl"] == f"http://127.0.0.1:{run.llm_after['http_port']}/metrics"
