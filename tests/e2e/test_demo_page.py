@@ -147,6 +147,7 @@ def test_speaking_over_a_webrtc_reply_interrupts_it(main_in_netns: MainProcess, 
         assert [f["turn_id"] for f in state["flushes"]] == [first["turn_id"]], state["flushes"]
         assert state["flushes"][0]["replySamples"] > 0, "no reply audio had reached the page before the flush"
         assert "interrupted" in (page.page.get_attribute("#assistant-text li", "class") or "")
+        assert page.page.locator("#assistant-text li s.unheard").count() == 1, "what was not heard is not marked"
         state = page.wait_for("the interruption's transcript", lambda s: len(s["finalTranscripts"]) >= 2)
         assert word_error_rate(STORY, state["finalTranscripts"][0]) <= 0.35, state["finalTranscripts"]
         assert word_error_rate(BARGE_IN, state["finalTranscripts"][1]) <= 0.35, state["finalTranscripts"]

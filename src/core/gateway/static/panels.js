@@ -31,6 +31,19 @@ function clock(date) {
   return date.toTimeString().slice(0, 8) + "." + String(date.getMilliseconds()).padStart(3, "0");
 }
 
+// How much of the streamed text `written` the user heard, given the server's `heard` text (which
+// may be spaced differently: it is joined from spoken chunks); -1 when it is not a prefix.
+function heardLength(written, heard) {
+  let i = 0;
+  for (const ch of heard) {
+    if (/\s/.test(ch)) continue;
+    while (i < written.length && /\s/.test(written[i])) i++;
+    if (written[i] !== ch) return -1;
+    i++;
+  }
+  return i;
+}
+
 export class Panels {
   constructor() {
     this.assistantItem = null;
@@ -95,9 +108,11 @@ export class Panels {
     item.title = outcome;
     if (outcome !== "ok") item.classList.add(outcome);
     const written = item.textContent;
-    if (outcome === "interrupted" && heard !== null && written.startsWith(heard.trim())) {
-      const cut = heard.trim().length;
-      item.replaceChildren(document.createTextNode(written.slice(0, cut)), el("s", "unheard", written.slice(cut)));
+    const cut = outcome === "interrupted" && heard !== null ? heardLength(written, heard) : -1;
+    if (cut >= 0) {
+      const unheard = el("s", "unheard", written.slice(cut));
+      item.replaceChildren(document.createTextNode(written.slice(0, cut)), unheard);
+      unheard.scrollIntoView({ block: "nearest" });
     }
   }
 
