@@ -29,12 +29,14 @@ def decode_container(data: bytes, rate_out: int, max_samples: int) -> tuple[np.n
     total = 0
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-            stream = next((s for s in container.streams if s.type == "audio"), None)
+            stream = container.streams.audio[0] if container.streams.audio else None
             if stream is None:
                 raise InvalidArgument(f"the {container.format.name} file has no audio stream; {HINT}")
             rate, channels, fmt = stream.rate or 0, stream.channels or 0, container.format.name
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
             for frame in container.decode(stream):
+                if not isinstance(frame, av.AudioFrame):
+                    continue
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
                     total += chunks[-1].size
