@@ -161,6 +161,17 @@ class WebRtcClient:
             raise AssertionError(f"no {kind!r} #{count} within {timeout}s; got {summary}") from None
         return found[count - 1]
 
+    async def wait_until(self, done: Callable[[dict[str, Any]], bool], timeout: float = 180) -> None:
+        """Until ``done(last_event)`` holds, re-checked on every event and reply frame."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not done(self.events[-1] if self.events else {}):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            summary = [e for e in self.events if e["type"] != "llm_text"][-20:]
+            raise AssertionError(f"not settled within {timeout}s; got {summary}") from None
+
     async def first_loud_after(self, t: float, timeout: float = 180) -> float:
         """When the first non-silent reply frame after ``t`` (monotonic) arrived."""
         async with asyncio.timeout(timeout):
