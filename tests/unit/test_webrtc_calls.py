@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from core.config.models import WebRtcConfig
 from core.gateway.runtime import MainRuntime
 from core.gateway.webrtc import PeerRegistry
+from core.gateway.webrtc.peer import MAX_WAITING_MESSAGES
 from tests.helpers.conversation_fakes import FakeHub
 from tests.helpers.netns import loopback_netns, netns_unavailable
 from tests.helpers.webrtc_client import WebRtcClient
@@ -136,3 +137,15 @@ async def test_interrupt_flushes_the_reply_track_at_once(tmp_path: Path) -> None
             assert peer.buffer.pending_bytes == 0
             done = await c.wait("turn_complete", timeout=20)
             assert done["outcome"] == "interrupted"
+
+
+async def test_a_flood_of_control_messages_is_cut_with_one_error_and_the_call_goes_on(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (app, http), WebRtcClient.open(URL, http=http) as c:
+        peer = next(iter(app.state.webrtc.peers.values()))
+        for _ in range(MAX_WAITING_MESSAGES + 20):  # all at once, before the reader runs
+            peer._on_message('{"type": "interrupt"}')
+        error = await c.wait("error", timeout=20)
+        assert error["code"] == "RESOURCE_EXHAUSTED" and "one at a time" in error["message"]
+        c.send({"type": "text", "text": "still here?"})
+        assert (await c.wait("turn_complete", timeout=20))["outcome"] == "ok"
+        assert len(c.of("error")) == 1

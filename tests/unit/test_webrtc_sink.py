@@ -14,6 +14,7 @@ from core.gateway.webrtc.sink import WebRtcSink
 class FakeChannel:
     def __init__(self) -> None:
         self.readyState = "open"
+        self.bufferedAmount = 0
         self.sent: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
 
@@ -114,4 +115,15 @@ async def test_a_closed_channel_stops_the_writer() -> None:
     await s.send_event({"type": "ready"})
     await asyncio.sleep(0.05)
     assert channel.sent == [] and s._writer is not None and s._writer.done()
+    await s.close()
+
+
+async def test_a_client_that_stops_reading_the_channel_is_flagged_for_hang_up() -> None:
+    s, channel = sink(), FakeChannel()
+    channel.bufferedAmount = 5 * 1024 * 1024
+    s.attach(channel)
+    await s.send_event({"type": "ready"})
+    async with asyncio.timeout(5):
+        await s.outbox.overflowed.wait()
+    assert channel.sent == []
     await s.close()

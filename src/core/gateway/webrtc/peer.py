@@ -40,6 +40,8 @@ log = logging.getLogger("ultravox.main.webrtc")
 Reason = Literal["client_end", "ice_failed", "disconnected", "timeout", "shutdown"]
 REASONS: tuple[Reason, ...] = ("client_end", "ice_failed", "disconnected", "timeout", "shutdown")
 EVENTS_LABEL = "events"
+MAX_WAITING_MESSAGES = 64
+"""Control messages queued beyond this (a client flooding the channel) are dropped with an error."""
 
 
 def ice_servers(config: WebRtcConfig) -> list[RTCIceServer]:
@@ -92,6 +94,7 @@ class Peer:
         self._spawn(pump_microphone(self.mic, self.inbound, self._feed), "webrtc-mic")
         self._spawn(self._read_messages(), "webrtc-control")
         self._spawn(self._connect_deadline(), "webrtc-connect-timeout")
+        self._spawn(self._hang_up_on_overflow(), "webrtc-watchdog")
         return str(self.pc.localDescription.sdp)
 
     def close(self, reason: Reason | None) -> asyncio.Task[None]:
@@ -112,8 +115,14 @@ class Peer:
             log.info("ignoring data channel %r (only %r is used)", channel.label, EVENTS_LABEL)
             return
         self.sink.attach(channel)
-        channel.on("message", self._messages.put_nowait)
+        channel.on("message", self._on_message)
         channel.on("close", lambda: self.close("disconnected"))
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self._messages.qsize() < MAX_WAITING_MESSAGES:
+            self._messages.put_nowait(message)
+        elif self._messages.qsize() == MAX_WAITING_MESSAGES:
+            self._messages.put_nowait(b"")  # one marker: the reader reports the overflow once
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -152,6 +161,11 @@ class Peer:
             message = await self._messages.get()
             if isinstance(message, str):
                 await self.endpoint.guard(self.endpoint.control(message))
+            elif not message:
+                await self.endpoint.error(
+                    "RESOURCE_EXHAUSTED", f"more than {MAX_WAITING_MESSAGES} control messages were waiting; "
+                    "later ones were dropped: send one at a time"
+                )
             else:
                 await self.endpoint.error(
                     "INVALID_ARGUMENT", "the events channel takes JSON text messages; audio goes on the audio track"
@@ -166,6 +180,11 @@ class Peer:
             return
         log.info("peer %s did not connect within %.0f s; dropping it", self.id[:8], self.config.connect_timeout_s)
         self.close("timeout")
+
+    async def _hang_up_on_overflow(self) -> None:
+        await self.sink.outbox.overflowed.wait()
+        log.warning("peer %s stopped reading its events channel; dropping it", self.id[:8])
+        self.close("disconnected")
 
     async def _disconnected_grace(self) -> None:
         await asyncio.sleep(self.config.disconnected_grace_s)

@@ -4,7 +4,8 @@ The :class:`WebRtcSink` is the conversation's :class:`EventSink`. Reply audio go
 into the :class:`PlayoutBuffer` the outgoing track plays from; a ``flush`` empties it at once.
 Events queue in a bounded :class:`Outbox` (so the turn never waits for the network) and one
 writer task sends them as JSON text once the data channel is there; events from before it
-opened (``ready``) wait for it.
+opened (``ready``) wait for it. A client that stops reading the channel (its unsent bytes pass
+``MAX_BUFFERED_BYTES``, or the outbox overflows) sets ``outbox.overflowed``: the peer hangs up.
 
 Each ``latency`` event gets the transport's own share of the turn (docs/webrtc.md):
 
@@ -28,6 +29,8 @@ from core.gateway.webrtc.audio import InboundAudio, PlayoutBuffer
 
 log = logging.getLogger("ultravox.main.webrtc")
 _JITTER = "_jitter"
+MAX_BUFFERED_BYTES = 4 * 1024 * 1024
+"""Events the channel could not send yet beyond this: the client stopped reading (the peer hangs up)."""
 FIRST_FRAME_WAIT_S = 1.0
 """A latency report waits at most this long for the reply's first frame to go out (it is ~20 ms)."""
 
@@ -37,6 +40,9 @@ class Channel(Protocol):
 
     @property
     def readyState(self) -> str: ...
+
+    @property
+    def bufferedAmount(self) -> int: ...
 
     def send(self, data: str) -> None: ...
 
@@ -100,6 +106,9 @@ class WebRtcSink:
             if item.get("type") == "latency":
                 item = await self._with_jitter(item)
             if channel.readyState != "open":
+                return
+            if channel.bufferedAmount > MAX_BUFFERED_BYTES:
+                self.outbox.overflowed.set()
                 return
             try:
                 channel.send(json.dumps(item, separators=(",", ":"), ensure_ascii=False))
