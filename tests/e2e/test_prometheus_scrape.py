@@ -19,21 +19,19 @@ restart shows in ultravox_service_restarts_total.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
 from tests.helpers.prometheus import (
     APT_HINT,
@@ -49,6 +47,7 @@ from tests.helpers.prometheus import (
 )
 from tests.helpers.speech import convert, speech_bytes
 from tests.helpers.stack import MainProcess, free_port, make_config_dir, pid_alive, running_main, stack_env
+from tests.helpers.voice_client import VoiceClient, silence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -56,70 +55,8 @@ CONV = "/api/orchestrator/conversation"
 QUESTION = "What is the capital of France?"
 LONG_ASK = "Tell me about the history of Rome in great detail."
 COMPONENTS = {"main", "stt", "tts", "llm"}
-FRAME = 640  # 20 ms of PCM16 at 16 kHz
 TURN_S = 240.0
 V2V_P95 = "histogram_quantile(0.95, sum by (le) (rate(ultravox_voice_to_voice_seconds_bucket[5m])))"
-
-
-def silence(seconds: float) -> bytes:
-    return b"\x00\x00" * int(16000 * seconds)
-
-
-class VoiceSocket:
-    """A /ws/voice client whose microphone sends 20 ms frames in real time, silence unless speaking."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-        self._speech: asyncio.Queue[bytes] = asyncio.Queue()
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, main: MainProcess) -> AsyncIterator[VoiceSocket]:
-        async with connect(main.url.replace("http", "ws", 1) + "/ws/voice", max_size=None) as ws:
-            client = cls(ws)
-            tasks = [asyncio.create_task(client._read())]
-            await client.wait("ready")
-            tasks.append(asyncio.create_task(client._mic()))
-            try:
-                yield client
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    def speak(self, pcm: bytes) -> None:
-        self._speech.put_nowait(pcm)
-
-    async def send_text(self, text: str) -> None:
-        await self.ws.send(json.dumps({"type": "text", "text": text}))
-
-    async def wait(self, kind: str, *, since: int = 0, timeout: float = TURN_S) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(timeout):
-                while not (found := [e for e in self.events[since:] if e.get("type") == kind]):
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"no {kind!r} within {timeout} s; events: {self.events[-20:]}") from None
-        return found[0]
-
-    async def _read(self) -> None:
-        async for message in self.ws:
-            if isinstance(message, str):
-                self.events.append(json.loads(message))
-                self._changed.set()
-
-    async def _mic(self) -> None:
-        pending, t = b"", time.monotonic()
-        while True:
-            if not pending and not self._speech.empty():
-                pending = self._speech.get_nowait()
-            frame, pending = (pending[:FRAME], pending[FRAME:]) if pending else (silence(0.02), b"")
-            await self.ws.send(frame)
-            t += 0.02
-            await asyncio.sleep(max(0.0, t - time.monotonic()))
 
 
 @dataclass
@@ -155,18 +92,18 @@ async def converse(main: MainProcess) -> tuple[dict[str, Any], dict[str, Any], d
         outcomes["rest spoken"] = r.json()["outcome"]
 
         before = await service(http, "llm")
-        async with VoiceSocket.open(main) as voice:
+        async with VoiceClient.open(main) as voice:
             voice.speak(silence(0.3) + convert(speech_bytes(QUESTION), 16000, 1).data)
-            spoken = await voice.wait("turn_complete")
+            spoken = await voice.wait("turn_complete", timeout=TURN_S)
             outcomes["ws spoken"] = spoken["outcome"]
-            mark = len(voice.events)
-            await voice.send_text(LONG_ASK)
-            await voice.wait("llm_text", since=mark)
+            mark = len(voice.items)
+            await voice.send_json({"type": "text", "text": LONG_ASK})
+            await voice.wait("llm_text", since=mark, timeout=TURN_S)
             os.kill(before["pid"], signal.SIGKILL)
             # At once, while no new LLM process listens yet (it takes seconds to start): the hub's
             # gRPC, msgpack and JSON attempts are refused, so it falls back and retries.
             while_down = asyncio.create_task(rest_turn(http, "prom-down", QUESTION))
-            cut = await voice.wait("turn_complete", since=mark)
+            cut = await voice.wait("turn_complete", since=mark, timeout=TURN_S)
             assert cut["outcome"] == "degraded" and cut["degraded"] == "llm", cut
             outcomes["ws crash"] = cut["outcome"]
             outcomes["rest while llm down"] = (await while_down)["outcome"]

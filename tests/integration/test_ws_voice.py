@@ -10,119 +10,33 @@ session on a new socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
 from core.conversation.types import AgentConfig
 from tests.helpers.speech import Pcm, convert, pcm_to_wav, speech_bytes
 from tests.helpers.stack import MainProcess, running_main, stack_env
 from tests.helpers.text import normalize, word_error_rate
+from tests.helpers.voice_client import FRAME, silence
+from tests.helpers.voice_client import VoiceClient as Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 OUT_RATE = 24000
-FRAME = 640  # 20 ms of PCM16 at 16 kHz
 QUESTION = "What is the capital of France?"
 STORY = "Tell me a story about a brave knight and a dragon."
 FOLLOW_UP = "What is the capital of Italy?"
 FALLBACK = AgentConfig.model_fields["fallback_phrase"].default
-TURN_S = 180.0
-
-
-def silence(seconds: float) -> bytes:
-    return b"\x00\x00" * int(16000 * seconds)
 
 
 def speech(text: str) -> bytes:
     return convert(speech_bytes(text), 16000, 1).data
-
-
-class Client:
-    """A /ws/voice client: a real-time microphone (silence unless speaking) and a log of what came back."""
-
-    def __init__(self, ws: ClientConnection, *, mic: bool) -> None:
-        self.ws, self.mic_on = ws, mic
-        self.items: list[dict[str, Any] | bytes] = []
-        self._changed = asyncio.Event()
-        self._speech: asyncio.Queue[bytes] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, main: MainProcess, config: dict[str, Any] | None = None, *,
-                   mic: bool = True) -> AsyncIterator[Client]:
-        async with connect(main.url.replace("http", "ws") + "/ws/voice", max_size=None) as ws:
-            client = cls(ws, mic=mic)
-            client._tasks = [asyncio.create_task(client._read())]
-            if config is not None:
-                await ws.send(json.dumps({"type": "config", **config}))
-            await client.wait("ready")
-            if mic:
-                client._tasks.append(asyncio.create_task(client._mic()))
-            try:
-                yield client
-            finally:
-                for task in client._tasks:
-                    task.cancel()
-                await asyncio.gather(*client._tasks, return_exceptions=True)
-
-    def speak(self, pcm: bytes) -> None:
-        self._speech.put_nowait(pcm)
-
-    async def send_json(self, doc: dict[str, Any] | str) -> None:
-        await self.ws.send(doc if isinstance(doc, str) else json.dumps(doc))
-
-    async def _mic(self) -> None:
-        pending, t = b"", time.monotonic()
-        while True:
-            if not pending and not self._speech.empty():
-                pending = self._speech.get_nowait()
-            frame, pending = (pending[:FRAME], pending[FRAME:]) if pending else (silence(0.02), b"")
-            await self.ws.send(frame)
-            t += 0.02
-            await asyncio.sleep(max(0.0, t - time.monotonic()))
-
-    async def _read(self) -> None:
-        async for message in self.ws:
-            self.items.append(message if isinstance(message, bytes) else json.loads(message))
-            self._changed.set()
-
-    def events(self, kind: str | None = None, since: int = 0) -> list[dict[str, Any]]:
-        return [i for i in self.items[since:] if isinstance(i, dict) and kind in (None, i["type"])]
-
-    def index(self, event: dict[str, Any]) -> int:
-        return next(i for i, item in enumerate(self.items) if item is event)
-
-    async def wait(self, kind: str, count: int = 1, *, since: int = 0, timeout: float = TURN_S,
-                   where: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(timeout):
-                while len(found := [e for e in self.events(kind, since) if where(e)]) < count:
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"no {kind!r} #{count} within {timeout}s; got {self.summary()}") from None
-        return found[count - 1]
-
-    def audio(self, start: int = 0, end: int | None = None) -> bytes:
-        return b"".join(i for i in self.items[start:end] if isinstance(i, bytes))
-
-    def text(self, start: int = 0, end: int | None = None) -> str:
-        return "".join(i["delta"] for i in self.items[start:end] if isinstance(i, dict) and i["type"] == "llm_text")
-
-    def summary(self) -> list[Any]:
-        return [f"<{len(i)} bytes>" if isinstance(i, bytes) else i for i in self.items if not (
-            isinstance(i, dict) and i["type"] == "llm_text")][-30:]
 
 
 @pytest.fixture(scope="module")
