@@ -1,7 +1,7 @@
 """Signalling bodies (docs/webrtc.md), parsed and checked before any peer connection exists.
 
 Every way a body can be wrong is an ``InvalidArgument`` (HTTP 400) whose message says what to
-send instead: an offer is ``{"sdp", "type": "offer", "config"?}`` with one sending audio
+send instead: an offer is ``{"sdp", "type": "offer", "config"?}`` with one sendrecv audio
 m-line and a data channel; trickled candidates are ``{"candidates": [...]}`` in the browser's
 ``RTCIceCandidate.toJSON()`` shape.
 """
@@ -86,7 +86,7 @@ def parse_offer(raw: bytes, *, max_text_chars: int) -> Offer:
 
 
 def check_offer_sdp(sdp: str) -> None:
-    """An offer with one sending audio m-line and a data channel; anything else says what is missing."""
+    """An offer with one sendrecv audio m-line and a data channel; anything else says what is missing."""
     if not sdp.startswith("v=0"):
         raise InvalidArgument(f"sdp does not look like an SDP offer (it must start with 'v=0'); {OFFER_HINT}")
     sections = re.split(r"\r?\n(?=m=)", sdp)[1:]
@@ -96,8 +96,13 @@ def check_offer_sdp(sdp: str) -> None:
             "the offer has no audio m-line: add the microphone track (pc.addTrack(micTrack, stream)) before "
             "createOffer"
         )
-    if re.search(r"^a=(recvonly|inactive)\s*$", audio[0], re.MULTILINE):
-        raise InvalidArgument("the offer's audio m-line does not send: add the microphone track as sendrecv")
+    direction = re.search(r"^a=(sendonly|recvonly|inactive)\s*$", audio[0], re.MULTILINE)
+    if direction:  # sendonly would connect but never get the reply; recvonly/inactive never send the mic
+        raise InvalidArgument(
+            f"the offer's audio m-line is {direction.group(1)}: the call needs both directions (the microphone up, "
+            "the reply down); add the microphone with pc.addTrack or addTransceiver('audio', {direction: "
+            "'sendrecv'})"
+        )
     if not any(s.startswith("m=application") for s in sections):
         raise InvalidArgument(
             "the offer has no data channel: create it with pc.createDataChannel('events') before createOffer"
