@@ -73,6 +73,8 @@ async def test_the_page_and_every_static_file_are_served_with_their_type_without
         ("/static/..%2fapp.py", "an encoded path out of the static folder"),
         ("/static/index.htm", "an unknown type"),
         ("/static/", "the folder itself"),
+        ("/static/a%00b.js", "a NUL byte in the name"),
+        (f"/static/{'a' * 5000}.js", "a name too long for the file system"),
     ],
 )
 async def test_anything_else_under_static_is_a_404_that_says_where_the_page_is(

@@ -57,7 +57,11 @@ async def favicon() -> FileResponse:
 
 @router.get("/static/{name:path}", response_model=None)
 async def static(name: str) -> FileResponse | JSONResponse:
-    path = (STATIC_DIR / name).resolve()
-    if not path.is_relative_to(STATIC_DIR) or path.suffix not in MEDIA_TYPES or not path.is_file():
+    try:
+        path = (STATIC_DIR / name).resolve()
+        found = path.is_relative_to(STATIC_DIR) and path.suffix in MEDIA_TYPES and path.is_file()
+    except (ValueError, OSError):  # a NUL byte, a name too long for the file system: no such file either
+        found = False
+    if not found:
         return _not_found(name)
     return _file(path)
