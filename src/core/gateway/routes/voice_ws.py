@@ -75,13 +75,15 @@ class VoiceSocket:
         finally:
             grace.cancel()
             watchdog.cancel()
-            await self.endpoint.close()
-            self.outbox.close()
-            with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(writer, 5)
-            writer.cancel()
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=1000)
+            try:
+                await self.endpoint.close()
+            finally:  # the writer and the socket go even when closing the conversation failed
+                self.outbox.close()
+                with contextlib.suppress(TimeoutError, Exception):
+                    await asyncio.wait_for(writer, 5)
+                writer.cancel()
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code=1000)
 
     async def _handle(self, message: Mapping[str, Any]) -> None:
         if (data := message.get("bytes")) is not None:
