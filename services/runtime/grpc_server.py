@@ -15,7 +15,6 @@ import contextlib
 import errno
 import socket
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -24,6 +23,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from core.errors import CallError, PortInUse, SupervisorError, grpc_status, retry_after_header
+from core.logs import MAX_ID_CHARS, clean_id, new_request_id
 from core.wire import Kind, Operation
 from services.runtime.api import CallInfo
 from services.runtime.dispatch import Dispatcher
@@ -39,11 +39,12 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 def _call_info(op: Operation, context: grpc.aio.ServicerContext) -> tuple[CallInfo, str | None]:
     md = _metadata(context)
-    rid = md.get("x-request-id") or uuid.uuid4().hex[:16]
+    rid = clean_id(md.get("x-request-id", "")[:MAX_ID_CHARS]) or new_request_id()
     left = context.time_remaining()
     call = CallInfo(
         method=op.name, protocol="grpc", request_id=rid, peer=context.peer() or "",
-        session_id=md.get("x-session-id", "")[:64], turn_id=md.get("x-turn-id", "")[:64],
+        session_id=clean_id(md.get("x-session-id", "")[:MAX_ID_CHARS]),
+        turn_id=clean_id(md.get("x-turn-id", "")[:MAX_ID_CHARS]),
         deadline=None if left is None else time.monotonic() + left,
     )
     return call, md.get("x-internal-token")

@@ -10,7 +10,6 @@ token; everything else does (``X-Internal-Token`` or ``Authorization: Bearer``).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Literal
 
@@ -23,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from core.errors import CallError, NotFound, Unauthenticated, retry_after_header
+from core.logs import MAX_ID_CHARS, clean_id, new_request_id
 from core.wire import Kind, Operation, from_json, from_msgpack, to_json, to_msgpack
 from core.wire.frames import NDJSON_TYPE
 from services.runtime.api import CallInfo, Transport
@@ -58,12 +58,14 @@ class HttpKit:
         return value.strip() or None if scheme.lower() == "bearer" else None
 
     def call_info(self, request: Request, method: str, protocol: Transport) -> CallInfo:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        # Ids are echoed in headers and logged: only clean ones of at most 64 characters are taken.
         h = request.headers
+        rid = clean_id(h.get("x-request-id", "")[:MAX_ID_CHARS]) or new_request_id()
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
         return CallInfo(
             method=method, protocol=protocol, request_id=rid, peer=peer,
-            session_id=h.get("x-session-id", "")[:64], turn_id=h.get("x-turn-id", "")[:64],
+            session_id=clean_id(h.get("x-session-id", "")[:MAX_ID_CHARS]),
+            turn_id=clean_id(h.get("x-turn-id", "")[:MAX_ID_CHARS]),
         )
 
     def authenticate(self, request: Request) -> None:

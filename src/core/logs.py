@@ -8,24 +8,33 @@ added to every record by a filter, so call sites just log. Main sets them per HT
 What a line may carry is decided here, not at each call site (see docs/observability.md):
 
 * bytes (audio) are written as ``<N bytes>``, never their content;
-* string values of fields named like a credential (``api_key``, ``authorization``, ``token``,
-  ``secret``, ``password``, ``credential``, ``cookie``) are masked;
+* values (other than numbers) of fields named like a credential (``api_key``, ``authorization``,
+  ``token``, ``secret``, ``password``, ``credential``, ``cookie``) are masked;
 * fields that hold conversation content (``text``, ``transcript``, ``delta``, ``user_text``,
-  ``assistant_text``, ``prompt``, ``content``) are written as ``<N chars>``: transcripts and
-  replies live in the conversation store, not in logs;
-* the process's own secrets (:func:`register_secret`: the API key, the internal token) are
-  replaced by ``***`` wherever they appear in a line, messages and tracebacks included;
+  ``assistant_text``, ``prompt``, ``content``, ``messages``) are written as ``<N chars>`` or
+  ``<N items>``: transcripts and replies live in the conversation store, not in logs;
+* dicts, lists and dataclasses are redacted field by field with the same rules, at any depth
+  (``extra={"headers": {...}}`` masks its ``Authorization``);
+* the process's own secrets (:func:`register_secret`: the API key, the internal token, TURN
+  credentials) are replaced by ``***`` wherever they appear in a line, messages and tracebacks
+  included, and so is any ``api_key=`` query parameter (a wrong key too);
 * messages and values longer than ``MAX_CHARS`` are cut.
+
+Ids that come from outside (a client's ``X-Request-Id``) are used only when :func:`clean_id`
+accepts them: they travel on as gRPC metadata and HTTP headers, where a tab or a non-ASCII byte
+would make every call of the request fail.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import logging
 import re
 import sys
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -48,42 +57,97 @@ _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message", "asctime", "service", "color_message", "taskName",
 }
 _CREDENTIAL_KEY = re.compile(r"api[_-]?key|authori[sz]ation|token|secret|passw(or)?d|credential|cookie", re.I)
-_CONTENT_KEYS = frozenset({"text", "transcript", "delta", "user_text", "assistant_text", "prompt", "content"})
+_CONTENT_KEYS = frozenset(
+    {"text", "transcript", "delta", "user_text", "assistant_text", "prompt", "content", "messages"}
+)
 _SECRETS: set[str] = set()
-_MIN_SECRET_CHARS = 8
+# uvicorn logs a WebSocket's path with its query: `/ws/voice?api_key=...`, right or wrong key.
+_KEY_PARAM = re.compile(r"([?&]api_key=)[^&\s\"'\\]+", re.I)
+_MAX_DEPTH = 6
+_MAX_ITEMS = 50
+
+MAX_ID_CHARS = 64
+_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_CHARS}}}")
+
+
+def clean_id(value: str) -> str:
+    """``value`` when it is a safe id (1 to 64 characters from ``A-Za-z0-9._:-``), else ``""``.
+
+    Ids travel as gRPC metadata and HTTP headers: control characters or bytes past ASCII there
+    make gRPC refuse the call and httpx fail to encode it, so a client-chosen id is checked first.
+    """
+    return value if _ID.fullmatch(value) else ""
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 def register_secret(value: str) -> None:
-    """Never write ``value`` (a key or token of this process) in a log line; short values are ignored."""
-    if len(value) >= _MIN_SECRET_CHARS:
+    """Never write ``value`` (a key, token or password of this process) in a log line."""
+    if value:
         _SECRETS.add(value)
         _SECRETS.add(json.dumps(value, ensure_ascii=False)[1:-1])  # as it appears inside a JSON line
 
 
 def scrub(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
-    for secret in _SECRETS:
+    """``text`` with every registered secret, and any ``api_key=`` query value, replaced by ``***``."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: one secret may contain another
         if secret in text:
             text = text.replace(secret, MASK)
+    if "api_key=" in text.lower():
+        text = _KEY_PARAM.sub(rf"\g<1>{MASK}", text)
     return text
+
+
+def _scrub_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(str(k)): _scrub_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_tree(v) for v in value]
+    return value
 
 
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_CHARS else f"{text[:MAX_CHARS]}...({len(text)} chars)"
 
 
-def safe_value(key: str, value: Any) -> Any:
-    """What a log field may show of ``value`` (see the module docstring)."""
+def safe_value(key: str, value: Any, _depth: int = 0) -> Any:
+    """What a log field named ``key`` may show of ``value`` (see the module docstring).
+
+    Containers keep their shape (a dict stays a JSON object) with each entry judged by its own
+    key; list items inherit the list's key. Anything else is shown by its ``repr``.
+    """
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(value)} bytes>"
-    if isinstance(value, str):
-        if key in _CONTENT_KEYS:
-            return f"<{len(value)} chars>"
-        if value and _CREDENTIAL_KEY.search(key):
-            return MASK
-        return _cut(value)
     if isinstance(value, bool | int | float) or value is None:
-        return value
+        return value  # counts like completion_tokens are not credentials
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    elif callable(getattr(value, "model_dump", None)):  # a pydantic model (config: IceServer)
+        value = value.model_dump()
+    if key in _CONTENT_KEYS:
+        if isinstance(value, str):
+            return f"<{len(value)} chars>"
+        return f"<{len(value)} items>" if hasattr(value, "__len__") else "<redacted>"
+    if _CREDENTIAL_KEY.search(key):
+        return MASK if value else value
+    if isinstance(value, str):
+        return _cut(value)
+    if _depth >= _MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(value, Mapping):  # dicts, request headers
+        items = list(value.items())
+        out = {str(k): safe_value(str(k), v, _depth + 1) for k, v in items[:_MAX_ITEMS]}
+        if len(items) > _MAX_ITEMS:
+            out["..."] = f"({len(items)} entries)"
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = list(value)
+        kept = [safe_value(key, v, _depth + 1) for v in seq[:_MAX_ITEMS]]
+        return [*kept, f"...({len(seq)} items)"] if len(seq) > _MAX_ITEMS else kept
     return _cut(repr(value))
 
 
@@ -153,7 +217,9 @@ class JsonFormatter(logging.Formatter):
                 out[key] = safe_value(key, val)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(out, ensure_ascii=False))
+        # Scrubbed value by value, not as a line: a short secret (say "12") must not cut into
+        # the JSON itself (`"chars": 12`), which would leave a line no parser reads.
+        return json.dumps(_scrub_tree(out), ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
@@ -203,8 +269,8 @@ def add_log_file(path: Path, service: str, fmt: LogFormat = "json", *, max_bytes
 class RequestContext:
     """ASGI middleware: each HTTP request or WebSocket runs with a ``request_id`` in its logging context.
 
-    The id is the client's ``x-request-id`` when it sent one (cut to 64 characters), else a new
-    one; HTTP responses carry it back in ``x-request-id``.
+    The id is the client's ``x-request-id`` when :func:`clean_id` accepts it, else a new one (a
+    bad id is replaced, not repaired); HTTP responses carry it back in ``x-request-id``.
     """
 
     def __init__(self, app: Any) -> None:
@@ -215,7 +281,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
-        rid = given.decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        rid = clean_id(given.decode("latin-1")) or new_request_id()
         token = request_id_var.set(rid)
 
         async def send_with_id(message: dict[str, Any]) -> None:

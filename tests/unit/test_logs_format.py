@@ -6,6 +6,7 @@ tests/integration/test_log_redaction.py.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from core.logs import (
     RequestContext,
     TextFormatter,
     add_log_file,
+    clean_id,
     context_metadata,
     register_secret,
     request_id_var,
@@ -192,3 +194,112 @@ def test_services_follow_uv_log_format(env: str, first_char: str) -> None:
     line = out.stderr.strip()
     assert "hi <2 bytes>" in line
     assert line.startswith("{") if first_char else " WARNING [svc] hi <2 bytes>" in line
+
+
+# ---- ids from outside, and redaction of containers -------------------------------------------
+
+NASTY_IDS = ["has\ttab", "caf\u00e9-id", "a" * 65, "new\nline", "", "sp ace", "x" * 64 + "\u00ff"]
+
+
+@pytest.mark.parametrize("given", NASTY_IDS)
+def test_clean_id_refuses_what_a_header_cannot_carry(given: str) -> None:
+    assert clean_id(given) == ""
+
+
+def test_clean_id_keeps_ordinary_ids() -> None:
+    for good in ("r1", "turn-7", "a.b:c_d-e", "A" * 64):
+        assert clean_id(good) == good
+
+
+async def test_a_nasty_request_id_header_is_replaced_not_echoed() -> None:
+    app = FastAPI()
+    seen: list[str] = []
+
+    @app.get("/x")
+    async def x() -> dict[str, str]:
+        seen.append(request_id_var.get())
+        return {}
+
+    app.add_middleware(RequestContext)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://main") as c:
+        tab = await c.get("/x", headers={"x-request-id": "bad\tid"})
+        high = await c.get("/x", headers=[(b"x-request-id", b"caf\xc3\xa9")])
+        long = await c.get("/x", headers={"x-request-id": "r" * 65})
+    assert [r.status_code for r in (tab, high, long)] == [200, 200, 200]
+    assert all(len(s) == 16 and clean_id(s) == s for s in seen)
+    assert [r.headers["x-request-id"] for r in (tab, high, long)] == seen
+
+
+def test_hub_metadata_never_carries_a_value_a_transport_would_refuse() -> None:
+    tokens = [var.set(v) for var, v in ((request_id_var, "bad\tid"), (session_id_var, "s\u00e91"),
+                                        (turn_id_var, "t" * 80))]
+    try:
+        md = dict(_caller_metadata({"x-extra": "caf\u00e9", "x-ok": "fine value", "x-blob-bin": "zz"}))
+    finally:
+        for var, tok in zip((request_id_var, session_id_var, turn_id_var), tokens, strict=True):
+            var.reset(tok)
+    assert set(md) == {"x-request-id", "x-turn-id", "x-ok"}  # bad session id and bad extra left out
+    assert clean_id(md["x-request-id"]) == md["x-request-id"] != "bad\tid"
+    assert md["x-turn-id"] == "t" * 64  # a long but clean id is cut, keeping the correlation
+    assert md["x-ok"] == "fine value"
+    for key, value in md.items():
+        key.encode("ascii"), value.encode("ascii")  # what httpx and grpc need
+
+
+async def test_a_service_caps_and_cleans_the_ids_it_is_sent(lines: io.StringIO) -> None:
+    rt = make_runtime()
+    headers = [(b"x-internal-token", TOKEN.encode()), (b"x-request-id", b"r" * 200),
+               (b"x-session-id", b"s\xc3\xa9"), (b"x-turn-id", b"t" * 70)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rt.app), base_url="http://svc") as c:
+        resp = await c.post(TRANSCRIBE.http_path, json={}, headers=headers)
+    assert resp.status_code == 200
+    (call,) = rt.service.calls
+    assert call.request_id == "r" * 64 and resp.headers["x-request-id"] == "r" * 64
+    assert call.session_id == "" and call.turn_id == "t" * 64
+
+
+def test_short_keys_and_any_api_key_query_value_are_masked(lines: io.StringIO) -> None:
+    register_secret("k3y")
+    log = logging.getLogger("uvicorn.error")
+    log.info('%s - "WebSocket /ws/voice?api_key=k3y" [accepted]', "127.0.0.1:5")
+    log.info('"WebSocket /ws/voice?x=1&api_key=wrong-guess&y=2" 403')
+    log.info("GET /v1/x?API_KEY=Other")
+    raw = lines.getvalue()
+    assert "k3y" not in raw and "wrong-guess" not in raw and "Other" not in raw
+    first, second, third = records(lines)
+    assert first["msg"].endswith('"WebSocket /ws/voice?api_key=***" [accepted]')
+    assert second["msg"] == '"WebSocket /ws/voice?x=1&api_key=***&y=2" 403'
+    assert third["msg"] == "GET /v1/x?API_KEY=***"
+
+
+def test_containers_are_redacted_at_any_depth(lines: io.StringIO) -> None:
+    @dataclasses.dataclass
+    class Ice:
+        urls: list[str]
+        credential: str
+
+    log = logging.getLogger("ultravox.main.x")
+    log.info("x", extra={
+        "headers": {"Authorization": "Bearer hdr-secret", "accept": "*/*"},
+        "ice_servers": [{"urls": ["turn:h:3478"], "username": "u", "credential": "turn-pass"}],
+        "peer": {"ice": [Ice(["turn:h"], "dc-pass")], "usage": {"completion_tokens": 7}},
+        "messages": [{"role": "user", "content": "my private words"}],
+        "body": {"prompt": "say my private words", "n": 2},
+        "many": list(range(200)),
+    })
+    raw = lines.getvalue()
+    for leaked in ("hdr-secret", "turn-pass", "dc-pass", "private words"):
+        assert leaked not in raw
+    (rec,) = records(lines)
+    assert rec["headers"] == {"Authorization": "***", "accept": "*/*"}
+    assert rec["ice_servers"] == [{"urls": ["turn:h:3478"], "username": "u", "credential": "***"}]
+    assert rec["peer"] == {"ice": [{"urls": ["turn:h"], "credential": "***"}], "usage": {"completion_tokens": 7}}
+    assert rec["messages"] == "<1 items>" and rec["body"] == {"prompt": "<20 chars>", "n": 2}
+    assert len(rec["many"]) == 51 and rec["many"][-1] == "...(200 items)"
+
+
+def test_a_short_numeric_secret_never_breaks_the_json_line(lines: io.StringIO) -> None:
+    register_secret("90817")
+    logging.getLogger("ultravox.main.x").info("key 90817", extra={"chars": 90817, "note": "x90817y"})
+    (rec,) = records(lines)  # still one parseable JSON object
+    assert rec["msg"] == "key ***" and rec["note"] == "x***y" and rec["chars"] == 90817

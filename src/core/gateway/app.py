@@ -160,6 +160,8 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     api_key = gateway_api_key(g)
     register_secret(api_key)  # neither the key nor the internal token may reach a log line
     register_secret(g.internal_token)
+    for ice in g.settings.gateway.webrtc.ice_servers:  # TURN passwords, from config or $UV_ICE_SERVERS
+        register_secret(ice.credential or "")
     agents = load_agents(agents_dir(g))
     ctx = ProcessContext(global_=g, name="main")
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
@@ -52,7 +53,7 @@ from core.errors import (
     RequestRejected,
     ServiceUnavailable,
 )
-from core.logs import context_metadata
+from core.logs import CONTEXT_HEADERS, MAX_ID_CHARS, clean_id, context_metadata
 from core.managers.endpoint import Endpoint, EndpointResolver
 from core.managers.hub.breaker import BreakerState, CircuitBreaker
 from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics
@@ -328,10 +329,26 @@ class CommunicationManager:
         return b
 
 
+# What both transports accept as a metadata entry: text keys (gRPC's `-bin` keys want bytes) and
+# printable ASCII values without surrounding blanks.
+_HEADER_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]*(?<!-bin)")
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
 def _caller_metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     """Lower-case keys, no token, and the logging context: the caller's ids first, then those of
-    the current context (``core.logs``: request, session, turn); a request id is always present."""
+    the current context (``core.logs``: request, session, turn); a request id is always present.
+
+    Every value must be a valid header on both transports (gRPC refuses a tab or a byte past
+    ASCII before sending anything, httpx cannot encode it), and ids may come from a client: an
+    id is cut to 64 characters and kept only if ``clean_id`` accepts it (a bad request id is
+    replaced by a new one, a bad session or turn id left out), other entries only if printable
+    ASCII. One bad value must never fail the call."""
     md = {**context_metadata(), **{k.lower(): str(v) for k, v in (metadata or {}).items()}}
     md.pop("x-internal-token", None)
+    for key in CONTEXT_HEADERS.keys() & md.keys():
+        md[key] = clean_id(md[key][:MAX_ID_CHARS])
     rid = md.pop("x-request-id", "") or uuid.uuid4().hex
-    return (("x-request-id", rid), *md.items())
+    safe = {k: v for k, v in md.items() if _HEADER_KEY.fullmatch(k) and _HEADER_VALUE.fullmatch(v)}  # drops ""
+    return (("x-request-id", rid), *safe.items())
+
