@@ -4,7 +4,9 @@
 A real main.py (API key set) with the real STT, LLM and TTS services serves: a /ws/voice turn
 spoken as 20 ms PCM frames (key in the Authorization header), a second socket that sends the
 key as ``?api_key=`` (uvicorn logs the path of every accepted WebSocket, query included), a
-REST turn, a refused wrong key, and a proxied service request (main adds the internal token).
+REST turn sent with a nasty ``X-Request-Id`` (a tab and a non-ASCII byte: it must be replaced,
+not passed to the hub, where gRPC and httpx would refuse it), a refused wrong key (header and
+``?api_key=``), and a proxied service request (main adds the internal token).
 Then every log under var/log, and main's own stderr, is searched for the secrets, for bytes
 written as ``\\x..`` escapes or long base64 runs, and for the user's transcript and the
 assistant's reply (they belong in the conversation store, not in logs: docs/observability.md).
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.helpers.speech import convert, speech_bytes
 from tests.helpers.stack import ROOT, MainProcess, running_main, stack_env
@@ -31,6 +34,8 @@ from tests.helpers.stack import ROOT, MainProcess, running_main, stack_env
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 API_KEY = "redaction-test-KEY-7d2e91b4c0"
+WRONG_KEY = "wrong-guess-3f9a"
+NASTY_REQUEST_ID = b"nasty\tid-caf\xc3\xa9"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 QUESTION = "What is the capital of France?"
 TYPED = "Name one famous painting by Leonardo da Vinci."
@@ -83,6 +88,15 @@ async def query_key_socket(m: MainProcess) -> None:
         assert json.loads(await ws.recv())["type"] == "ready"
 
 
+async def wrong_key_socket(m: MainProcess) -> None:
+    """A socket with a wrong ``?api_key=``: refused; uvicorn still logs its path, the guard masks the key."""
+    url = m.url.replace("http", "ws") + f"/ws/voice?api_key={WRONG_KEY}"
+    with pytest.raises(InvalidStatus) as refused:  # closed before accept: uvicorn answers the handshake 403
+        async with connect(url, max_size=None):
+            pass
+    assert refused.value.response.status_code == 403
+
+
 def internal_token(m: MainProcess) -> str:
     """The token main gave its services, read from a service's launch spec (we run as its parent's user)."""
     stt = httpx.get(f"{m.url}/services/stt", headers=AUTH, timeout=30).json()
@@ -105,9 +119,14 @@ def test_logs_hold_no_secret_audio_or_conversation_text(main_proc: MainProcess) 
     spoken = asyncio.run(voice_turn(m, pcm))
     assert spoken["outcome"] == "ok" and spoken["assistant_text"], spoken
     asyncio.run(query_key_socket(m))
-    typed = httpx.post(f"{m.url}/api/orchestrator/conversation", headers=AUTH, timeout=TIMEOUT,
+    asyncio.run(wrong_key_socket(m))
+    headers = [(b"authorization", f"Bearer {API_KEY}".encode()), (b"x-request-id", NASTY_REQUEST_ID)]
+    typed = httpx.post(f"{m.url}/api/orchestrator/conversation", headers=headers, timeout=TIMEOUT,
                        json={"message": TYPED, "audio": "none"})
     assert typed.status_code == 200, typed.text
+    assert typed.json()["text"], typed.json()  # the hub reached the LLM despite the header
+    rid = typed.headers["x-request-id"]
+    assert rid.isalnum() and len(rid) == 16, rid  # replaced by a fresh id, not echoed
     wrong = httpx.get(f"{m.url}/services", headers={"authorization": "Bearer not-the-key"}, timeout=30)
     assert wrong.status_code == 401
     proxied = httpx.get(f"{m.url}/proxy/stt/readyz", headers=AUTH, timeout=30)
@@ -121,6 +140,7 @@ def test_logs_hold_no_secret_audio_or_conversation_text(main_proc: MainProcess) 
     assert "turn latency" in logs["main.log"]
     forbidden = {
         "the API key": API_KEY,
+        "a wrong API key": WRONG_KEY,
         "the internal token": token,
         "the user's transcript": spoken["user_text"],
         "the typed message": TYPED,
