@@ -72,7 +72,25 @@ def service_states() -> dict[int, tuple[str, str]]:
 
 
 def hub_failure_share(by: str = "service", window: str = RATE, selector: str = "") -> str:
-    """Failed hub attempts / all attempts, as in the HighErrorRate alert (0, not absent, with no failure)."""
+    """Failed hub calls / all calls, as in the HighErrorRate alert (0, not absent, with no failure).
+
+    Calls, not attempts: a call that failed over gRPC and then succeeded over msgpack is no
+    failure. Every call ends in one ``ok`` or ``cancelled`` attempt of ultravox_hub_calls_total,
+    or in one ultravox_hub_failed_calls_total; client mistakes (invalid_argument) are calls but
+    not failures.
+    """
+    sel = f", {selector}" if selector else ""
+    bare = f"{{{selector}}}" if selector else ""
+    zero = f"sum by ({by}) (rate(ultravox_hub_calls_total{bare}[{window}])) * 0"
+    not_client = f'code!~"INVALID_ARGUMENT|CANCELLED"{sel}'
+    failed = f"sum by ({by}) (rate(ultravox_hub_failed_calls_total{{{not_client}}}[{window}]))"
+    ended = f'sum by ({by}) (rate(ultravox_hub_calls_total{{outcome=~"ok|cancelled"{sel}}}[{window}]))'
+    all_failed = f"sum by ({by}) (rate(ultravox_hub_failed_calls_total{bare}[{window}]))"
+    return f"({failed} or {zero}) / ({ended} + ({all_failed} or {zero}))"
+
+
+def attempt_failure_share(by: str = "service, protocol", window: str = RATE, selector: str = "") -> str:
+    """Failed transport attempts / all attempts, per protocol: how healthy each path is, fallbacks aside."""
     sel = f", {selector}" if selector else ""
     bare = f"{{{selector}}}" if selector else ""
     failed = f'ultravox_hub_calls_total{{outcome!~"ok|cancelled|invalid_argument"{sel}}}'
@@ -110,7 +128,8 @@ def overview() -> dict[str, Any]:
         row("Services"),
         state_timeline("Service states", Q(service_state_code(), "{{service}}"), states=service_states(), w=16, h=8),
         timeseries("Hub call failure share", Q(hub_failure_share(), "{{service}}"),
-                   Q(ERROR_THRESHOLD, "alert threshold"), unit="percentunit", w=8, maximum=None),
+                   Q(ERROR_THRESHOLD, "alert threshold"), unit="percentunit", w=8, maximum=None,
+                   description="Calls that failed after fallbacks and retries, of all calls (HighErrorRate)."),
     ])
 
 
@@ -219,14 +238,20 @@ def hub() -> dict[str, Any]:
         row("Breakers and failures"),
         state_timeline("Circuit breaker", Q(f"max by (service) (ultravox_hub_breaker_state{{{SVC}}})", "{{service}}"),
                        states=BREAKER, w=16, h=8),
-        timeseries("Failure share", Q(hub_failure_share(selector=SVC), "{{service}}"),
-                   Q(ERROR_THRESHOLD, "alert threshold"), unit="percentunit", w=8, maximum=None),
+        timeseries("Call failure share", Q(hub_failure_share(selector=SVC), "{{service}}"),
+                   Q(ERROR_THRESHOLD, "alert threshold"), unit="percentunit", w=8, maximum=None,
+                   description="Calls that failed after fallbacks and retries, of all calls (HighErrorRate)."),
         row("Protocols"),
         timeseries("Attempts by protocol", Q(f"sum by (protocol) (rate({calls}[{RATE}]))", "{{protocol}}"),
                    unit="ops", stack=True, w=8),
         bargauge("Protocol mix over the range",
                  Q(f'sum by (protocol) (increase(ultravox_hub_calls_total{{outcome="ok", {SVC}}}[{RANGE}]))',
                    "{{protocol}}"), decimals=0, w=8, description="Successful attempts per transport."),
+        timeseries("Attempt failure share by protocol",
+                   Q(attempt_failure_share(selector=SVC), "{{service}} {{protocol}}"),
+                   unit="percentunit", w=8, maximum=None,
+                   description="Failed transport attempts per protocol. A broken gRPC path shows here "
+                               "while fallbacks keep the call failure share at 0."),
         timeseries("Attempts by outcome", Q(f"sum by (service, outcome) (rate({calls}[{RATE}]))",
                                             "{{service}} {{outcome}}"), unit="ops", w=8),
         timeseries("Fallbacks", Q(f"sum by (service, from_protocol, to_protocol) "

@@ -217,7 +217,9 @@ def test_dashboards_cover_what_the_issue_lists() -> None:
                     "ultravox_voice_to_voice", "histogram_quantile(0.95", "histogram_quantile(0.99"],
         "services": ["ultravox_service_state", "ultravox_service_restarts_total",
                      "ultravox_service_resident_memory_bytes", "ultravox_service_cpu_seconds_total"],
-        "hub": ["by (protocol)", "ultravox_hub_fallbacks_total", "ultravox_hub_breaker_state"],
+        "hub": ["by (protocol)", "ultravox_hub_fallbacks_total", "ultravox_hub_breaker_state",
+                # call failure share (HighErrorRate's measure) and attempt failure share per protocol
+                "ultravox_hub_failed_calls_total", "by (service, protocol)"],
         "sessions": ["ultravox_sessions_active", "ultravox_sessions_created_total",
                      "ultravox_sessions_evicted_total", "ultravox_admission_rejections_total"],
     }

@@ -166,7 +166,7 @@ class CommunicationManager:
         try:
             response = await self.rounds.run(c, attempt)
         except CallError as e:
-            self.metrics.call_failed(e)
+            self.metrics.call_failed(e, service, method)
             if _is_breaker_failure(e):
                 breaker.failure()
             else:
@@ -206,7 +206,7 @@ class CommunicationManager:
             opened = await self.rounds.run(c, opener.attempt(c.deadline))
         except CallError as e:
             await opener.close()
-            self.metrics.call_failed(e)
+            self.metrics.call_failed(e, service, method)
             if _is_breaker_failure(e):
                 breaker.failure()
             else:
@@ -287,7 +287,7 @@ class CommunicationManager:
         except CircuitOpen as e:
             e.method = method
             self.metrics.attempt(service, method, NO_PROTOCOL, e, 0.0)
-            self.metrics.call_failed(e)
+            self.metrics.call_failed(e, service, method)
             raise
         return breaker
 

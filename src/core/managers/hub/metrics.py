@@ -5,6 +5,7 @@ registries never share series. Label children are cached: a labelled ``inc`` or 
 then costs a dict lookup, which keeps the hub's own overhead per call in microseconds.
 
     ultravox_hub_calls_total{service,method,protocol,outcome}      one per transport attempt
+    ultravox_hub_failed_calls_total{service,method,code}           one per call failed for its caller
     ultravox_hub_call_duration_seconds{service,method,protocol}     successful attempts only
     ultravox_hub_fallbacks_total{service,from_protocol,to_protocol} a call moved to the next protocol
     ultravox_hub_retries_total{service}                             a new round after all failed
@@ -18,8 +19,11 @@ consumer closed early) or the lower-case status name of the error (``invalid_arg
 ``protocol="none"``. A stream counts as one attempt per transport tried, and its duration is
 the whole stream's.
 
-A call that fails (after its fallbacks and retries), and a live stream that breaks, also count
-once in ``ultravox_errors_total{source="hub", type=<code>}``. ``prime`` gives every configured
+A call that fails (after its fallbacks and retries), and a live stream that breaks, count once
+in ``ultravox_hub_failed_calls_total`` and in ``ultravox_errors_total{source="hub", type=<code>}``.
+Attempts are not calls: a gRPC attempt that fails and falls back to msgpack successfully is a
+``transport_error`` attempt but no failed call. Each call ends in exactly one ``ok`` or
+``cancelled`` attempt, or one failed call, which is the denominator of the HighErrorRate alert. ``prime`` gives every configured
 service its series at 0 (calls by method and protocol, fallbacks, retries, breaker closed), so
 dashboards show data before the first call.
 """
@@ -104,6 +108,12 @@ class HubMetrics:
             "Retry rounds after every transport of a call failed transiently, by service.",
             ["service"], registry=registry,
         )
+        self._failed = Counter(
+            "ultravox_hub_failed_calls_total",
+            "Hub calls that failed for their caller after every fallback and retry (and live streams "
+            "that broke), by service, method and status code.",
+            ["service", "method", "code"], registry=registry,
+        )
         self._breaker = Gauge(
             "ultravox_hub_breaker_state",
             "Circuit breaker state per service: 0 closed, 1 half-open, 2 open.",
@@ -136,8 +146,9 @@ class HubMetrics:
             self._retries.labels(service)
             self._breaker.labels(service).set(BREAKER_VALUE[BreakerState.CLOSED])
 
-    def call_failed(self, err: CallError) -> None:
-        """A call or stream that failed for its caller: one error of its code."""
+    def call_failed(self, err: CallError, service: str, method: str) -> None:
+        """A call or stream that failed for its caller: one failed call and one error of its code."""
+        self._child(self._failed, service, method, err.code).inc()
         self._errors.count("hub", err.code)
 
     def _child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:

@@ -165,7 +165,7 @@ async def relay(
                         f"is not restarted (the service already acted on it): {err.message}"
                     )
                 hub.fail(err, service, method, protocol, opened.t0)
-                hub.metrics.call_failed(err)
+                hub.metrics.call_failed(err, service, method)
                 if err is e:
                     raise
                 raise err from e
