@@ -18,7 +18,9 @@ import pytest
 from fastapi import FastAPI
 
 from core.config.models import WebRtcConfig
+from core.conversation.control import VoiceConfig
 from core.gateway.runtime import MainRuntime
+from core.gateway.voice_endpoint import VoiceEndpoint
 from core.gateway.webrtc import PeerRegistry
 from core.gateway.webrtc.peer import MAX_WAITING_MESSAGES
 from tests.helpers.conversation_fakes import FakeHub
@@ -149,3 +151,66 @@ async def test_a_flood_of_control_messages_is_cut_with_one_error_and_the_call_go
         c.send({"type": "text", "text": "still here?"})
         assert (await c.wait("turn_complete", timeout=20))["outcome"] == "ok"
         assert len(c.of("error")) == 1
+
+
+async def test_an_empty_binary_message_is_a_wrong_message_not_an_overflow(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (_app, http), WebRtcClient.open(URL, http=http) as c:
+        c.channel.send(b"")
+        error = await c.wait("error", timeout=20)
+        assert error["code"] == "INVALID_ARGUMENT" and "JSON text messages" in error["message"]
+
+
+@pytest.mark.parametrize("how", ["end", "close_all"])
+async def test_a_cancelled_close_still_finishes_and_frees_the_slot(tmp_path: Path, how: str) -> None:
+    async with serving(tmp_path, max_peers=1) as (app, http):
+        peers: PeerRegistry = app.state.webrtc
+        c = WebRtcClient(URL, http)
+        await c.connect()
+        closer = asyncio.create_task(peers.end(c.pc_id) if how == "end" else peers.close_all())
+        for _ in range(3):  # into the close, past its first awaits
+            await asyncio.sleep(0)
+        closer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closer
+        await until_closed(peers)
+        reason = "client_end" if how == "end" else "shutdown"
+        assert ended(app, reason) == 1 and active(app) == 0 and not call_tasks()
+        await c.close(delete=False)
+        async with WebRtcClient.open(URL, http=http):  # the one slot is free again
+            assert active(app) == 1
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+async def test_a_close_while_answering_refuses_the_offer_and_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+    configure = VoiceEndpoint.configure
+
+    async def gated(self: VoiceEndpoint, voice: VoiceConfig) -> None:
+        if where == "after":
+            await configure(self, voice)
+        entered.set()
+        await release.wait()
+        if where == "before":
+            await configure(self, voice)
+
+    monkeypatch.setattr(VoiceEndpoint, "configure", gated)
+    async with serving(tmp_path) as (app, http):
+        peers: PeerRegistry = app.state.webrtc
+        c = WebRtcClient(URL, http)
+        await c.pc.setLocalDescription(await c.pc.createOffer())
+        offer = asyncio.create_task(http.post("/api/offer", json={"sdp": c.pc.localDescription.sdp, "type": "offer"}))
+        await asyncio.wait_for(entered.wait(), 30)
+        (peer,) = peers._opening
+        closing = asyncio.create_task(peers.close_all())  # shutdown while the offer is being answered
+        await asyncio.sleep(0.1)
+        release.set()
+        r = await offer
+        await closing
+        hint = "connect again" if where == "before" else "send a new offer"  # the endpoint's or the peer's check
+        assert r.status_code == 503 and hint in r.json()["error"]["message"]
+        assert not peers.peers and not peers._opening and active(app) == 0 and ended(app, "shutdown") == 0
+        assert not call_tasks()
+        assert peer.endpoint.conv is None or peer.endpoint.conv.closed, "a conversation nobody will close"
+        await c.close(delete=False)

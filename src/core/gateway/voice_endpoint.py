@@ -22,7 +22,7 @@ from core.config.models import ConversationConfig
 from core.conversation.control import TYPES, Command, TextMessage, VoiceConfig, parse_control
 from core.conversation.types import EventSink, Session
 from core.conversation.voice import VoiceConversation
-from core.errors import CallError, InvalidArgument
+from core.errors import CallError, InvalidArgument, ServiceUnavailable
 from core.gateway.runtime import MainRuntime
 from core.logs import session_id_var
 
@@ -161,12 +161,15 @@ class VoiceEndpoint:
     async def _switch(self, voice: VoiceConfig, session: Session) -> None:
         if self.conv is not None:
             await self.conv.close()
+        if self.done:  # closed meanwhile: a conversation opened now would have no one to close it
+            self.conv = None
+            raise ServiceUnavailable("the connection closed while the session was opening; connect again")
         rate = self._fixed_rate or voice.sample_rate or self.cfg.output_sample_rate
         self.voice = voice.model_copy(update={"session_id": session.id, "agent": None})
         self.conv = self.rt.orchestrator.voice(
             session, self.sink, out_rate=rate, end_silence_ms=voice.end_silence_ms, partials=voice.partials
         )
-        session_id_var.set(session.id)
+        session_id_var.set(session.id)  # this task's logs; the conversation sets it where it runs (voice.py)
         await self.sink.send_event({
             "type": "ready", "session_id": session.id, "agent": session.agent.name, "voice": session.voice,
             "language": session.language, "sample_rate": rate, "input_sample_rate": 16000,

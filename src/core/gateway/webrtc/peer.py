@@ -28,7 +28,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from core.config.models import WebRtcConfig
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, ServiceUnavailable
 from core.gateway.runtime import MainRuntime
 from core.gateway.voice_endpoint import VoiceEndpoint
 from core.gateway.webrtc.audio import TRACK_RATE, InboundAudio, PlayoutBuffer
@@ -42,6 +42,9 @@ REASONS: tuple[Reason, ...] = ("client_end", "ice_failed", "disconnected", "time
 EVENTS_LABEL = "events"
 MAX_WAITING_MESSAGES = 64
 """Control messages queued beyond this (a client flooding the channel) are dropped with an error."""
+_OVERFLOW = object()
+"""Queued once when the limit is hit, so the reader reports the overflow once (an empty binary message,
+which a client can send, must not look like it)."""
 
 
 def ice_servers(config: WebRtcConfig) -> list[RTCIceServer]:
@@ -61,7 +64,7 @@ class Peer:
         self.endpoint = VoiceEndpoint(rt, self.sink, out_rate=TRACK_RATE, commit=True, name="webrtc")
         self.mic: MediaStreamTrack | None = None
         self.reason: Reason | None = None
-        self._messages: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self._messages: asyncio.Queue[str | bytes | object] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._grace: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -88,14 +91,25 @@ class Peer:
                                   "own pc.localDescription.sdp unchanged") from e
         if self.mic is None:
             raise InvalidArgument("the offer's audio m-line carries no track: add the microphone with pc.addTrack")
+        self.check_open()
         await self.endpoint.configure(offer.voice)
+        self.check_open()
         self.pc.addTrack(self.track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.check_open()
         self._spawn(pump_microphone(self.mic, self.inbound, self._feed), "webrtc-mic")
         self._spawn(self._read_messages(), "webrtc-control")
         self._spawn(self._connect_deadline(), "webrtc-connect-timeout")
         self._spawn(self._hang_up_on_overflow(), "webrtc-watchdog")
         return str(self.pc.localDescription.sdp)
+
+    def check_open(self) -> None:
+        """Between the awaits of :meth:`answer`: a close that ran meanwhile (shutdown, the connection gone)
+        ends the answer with 503 rather than half-building a call nobody will close again."""
+        if self._closing is not None:
+            raise ServiceUnavailable(
+                f"the call ended while its offer was being answered ({self.reason or 'closed'}); send a new offer"
+            )
 
     def close(self, reason: Reason | None) -> asyncio.Task[None]:
         """End the call (once; later calls get the same task). ``None``: never answered, not counted."""
@@ -122,7 +136,7 @@ class Peer:
         if self._messages.qsize() < MAX_WAITING_MESSAGES:
             self._messages.put_nowait(message)
         elif self._messages.qsize() == MAX_WAITING_MESSAGES:
-            self._messages.put_nowait(b"")  # one marker: the reader reports the overflow once
+            self._messages.put_nowait(_OVERFLOW)
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -146,7 +160,12 @@ class Peer:
 
     # ---- tasks ----------------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """``work`` as a task of this call, cancelled by :meth:`close`; None (and not run) once closing,
+        when nothing would cancel it any more."""
+        if self._closing is not None:
+            work.close()
+            return None
         task = asyncio.create_task(work, name=f"{name}-{self.id[:8]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -161,7 +180,7 @@ class Peer:
             message = await self._messages.get()
             if isinstance(message, str):
                 await self.endpoint.guard(self.endpoint.control(message))
-            elif not message:
+            elif message is _OVERFLOW:
                 await self.endpoint.error(
                     "RESOURCE_EXHAUSTED", f"more than {MAX_WAITING_MESSAGES} control messages were waiting; "
                     "later ones were dropped: send one at a time"

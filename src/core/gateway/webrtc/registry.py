@@ -32,7 +32,7 @@ class PeerRegistry:
         self.rt, self.config = rt, config
         self.peers: dict[str, Peer] = {}
         allow_loopback_candidates()
-        self._opening = 0
+        self._opening: set[Peer] = set()
         registry = rt.ctx.registry
         self.active = Gauge("ultravox_webrtc_peers_active", "Open WebRTC calls.", registry=registry)
         self.ended = Counter(
@@ -42,22 +42,27 @@ class PeerRegistry:
             self.ended.labels(reason)
 
     async def open(self, offer: Offer) -> Peer:
-        """A new call answering ``offer``; Overloaded (503) at ``max_peers``, InvalidArgument/NotFound as told."""
-        if len(self.peers) + self._opening >= self.config.max_peers:
+        """A new call answering ``offer``; Overloaded (503) at ``max_peers``, InvalidArgument/NotFound as told.
+
+        A peer closed while it was being answered (shutdown, its connection gone) is cleaned up and refused
+        with 503 instead of being registered half-alive.
+        """
+        if len(self.peers) + len(self._opening) >= self.config.max_peers:
             raise Overloaded(
                 f"{self.config.max_peers} WebRTC calls are open (gateway.webrtc.max_peers); retry later or end one "
                 "with DELETE /api/offer/{pc_id}",
                 retry_after_s=RETRY_AFTER_S,
             )
-        self._opening += 1
         peer = Peer(self.rt, self.config, self._closed)
+        self._opening.add(peer)
         try:
             await peer.answer(offer)
+            peer.check_open()  # a close between the answer and the registration must not register it
         except BaseException:
-            await peer.close(None)
+            await _finish(peer.close(None))
             raise
         finally:
-            self._opening -= 1
+            self._opening.discard(peer)
         self.peers[peer.id] = peer
         self.active.set(len(self.peers))
         return peer
@@ -71,11 +76,12 @@ class PeerRegistry:
         return peer
 
     async def end(self, pc_id: str, reason: Reason = "client_end") -> None:
-        await self.get(pc_id).close(reason)
+        await _finish(self.get(pc_id).close(reason))
 
     async def close_all(self) -> None:
-        """Shutdown: every call ends (``shutdown``) and every close in flight finishes."""
-        await asyncio.gather(*(p.close("shutdown") for p in list(self.peers.values())), return_exceptions=True)
+        """Shutdown: every call (and every offer being answered) ends and every close in flight finishes."""
+        peers = [*self.peers.values(), *self._opening]
+        await asyncio.gather(*(_finish(p.close("shutdown")) for p in peers), return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
         """Open calls and the process's asyncio tasks, threads (also by name, numbers cut off) and file
@@ -93,3 +99,12 @@ class PeerRegistry:
         if self.peers.pop(peer.id, None) is not None and reason is not None:
             self.ended.labels(reason).inc()
         self.active.set(len(self.peers))
+
+
+async def _finish(closing: asyncio.Task[None]) -> None:
+    """Wait for a peer's close without letting the waiter's cancellation cut it short.
+
+    The close task is shared by everyone who asks; cancelled halfway it would leave the connection
+    open, never reach ``_on_closed`` and hold a ``max_peers`` slot for good.
+    """
+    await asyncio.shield(closing)
