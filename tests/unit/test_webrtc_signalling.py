@@ -1,8 +1,10 @@
 """WebRTC signalling without a network: body validation, and the routes' 400/404/503 on the real app
-(FakeHub services); the data channel's control messages (``commit``) through the shared VoiceEndpoint."""
+(FakeHub services); the data channel's control messages (``commit``) through the shared VoiceEndpoint, and
+the session a switch leaves on the transport's other tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +18,14 @@ from starlette.testclient import TestClient
 from core.config import load_settings
 from core.config.models import GatewayConfig, IceServer, WebRtcConfig
 from core.context import GlobalContext, Paths, ProcessContext
+from core.conversation.control import VoiceConfig
 from core.errors import InvalidArgument
 from core.gateway.app import agents_dir, attach_conversation, install_error_handlers
 from core.gateway.routes import webrtc
 from core.gateway.runtime import MainRuntime
 from core.gateway.voice_endpoint import VoiceEndpoint
 from core.gateway.webrtc import parse_candidates, parse_offer
+from core.logs import session_id_var
 from core.sessions import load_agents
 from tests.helpers.conversation_fakes import FakeHub
 
@@ -184,3 +188,48 @@ async def _commit_cases(rt: MainRuntime) -> None:
     assert "use one of config, text, interrupt, reset, end, commit" in rtc_like.events[-1]["message"]
     await rtc.close()
     await ws.close()
+
+
+async def test_after_a_session_switch_the_microphone_task_streams_and_logs_under_the_new_session(
+    tmp_path: Path,
+) -> None:
+    """WebRTC feeds the microphone from one task and reads control messages in another (as peer.py does):
+    a ``reset`` in the control task must not leave the STT stream the microphone opens on the old session."""
+    async with runtime(tmp_path) as rt:
+        seen: list[tuple[str, str]] = []  # (the stream task's session_id_var, the x-session-id it sends)
+        stream = rt.hub.stream
+
+        def recording(service: str, method: str, payload: Any = None, **kw: Any) -> Any:
+            if method == "StreamingRecognize":
+                seen.append((session_id_var.get(), kw.get("metadata", {}).get("x-session-id", "")))
+            return stream(service, method, payload, **kw)
+
+        rt.hub.stream = recording  # type: ignore[method-assign]
+        endpoint = VoiceEndpoint(rt, Recorder(), out_rate=48000, commit=True, name="webrtc")
+        await endpoint.configure(VoiceConfig())  # the offer's task
+        first = endpoint.voice.session_id
+        frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def microphone() -> None:  # started after the answer, so its context names the first session
+            while (pcm := await frames.get()) is not None:
+                await endpoint.audio(pcm)
+
+        async def wait_streams(n: int) -> None:
+            for _ in range(400):
+                if len(seen) >= n:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{len(seen)} STT streams opened, expected {n}")
+
+        mic = asyncio.create_task(microphone())
+        frames.put_nowait(b"\x10\x00" * 320)
+        await wait_streams(1)
+        await asyncio.create_task(endpoint.control('{"type": "reset"}'))  # the control reader's task
+        second = endpoint.voice.session_id
+        assert second != first
+        frames.put_nowait(b"\x10\x00" * 320)
+        await wait_streams(2)
+        frames.put_nowait(None)
+        await mic
+        await endpoint.close()
+        assert seen == [(first, first), (second, second)]

@@ -31,6 +31,7 @@ from core.conversation.stt_stream import SttStream
 from core.conversation.turn import Turn, describe
 from core.conversation.types import EventSink, Session
 from core.errors import CallError
+from core.logs import session_id_var
 from uvpb import stt_pb2
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class VoiceConversation:
         """One PCM16 16 kHz mono frame (an even number of bytes) from the client."""
         if self.closed or not pcm:
             return
+        self._in_session()
         now = time.monotonic()
         stream = self.stream
         if stream is not None and self._stale(stream, pcm):
@@ -115,6 +117,7 @@ class VoiceConversation:
 
     async def say(self, text: str) -> None:
         """A typed turn inside the voice conversation; it interrupts a reply in progress."""
+        self._in_session()
         await self.interrupt()
         turn = Turn(self.session, self.sink, self.out_rate, user_text=text.strip())
         turn.report.mark("stt_final")
@@ -138,7 +141,17 @@ class VoiceConversation:
 
     # ---- the STT stream -------------------------------------------------------------------------
 
+    def _in_session(self) -> None:
+        """Log under this conversation's session in the caller's task (and in the tasks it starts).
+
+        The caller is the transport's task (a WebSocket receive loop, a WebRTC microphone pump) that may
+        have served an earlier session of the same connection; its context would still name that one.
+        """
+        if session_id_var.get() != self.session.id:
+            session_id_var.set(self.session.id)
+
     def _open(self) -> SttStream:
+        self._in_session()  # the stream's task copies this context: its logs and calls name this session
         vad = stt_pb2.VadConfig(end_silence_ms=self.end_silence_ms)
         config = stt_pb2.StreamingConfig(
             sample_rate=STT_RATE, language=self.session.language, vad=vad, partials=self.partials,
@@ -146,7 +159,7 @@ class VoiceConversation:
         stream = SttStream(
             self.orch.hub, self.orch.services["stt"], config, on_event=self._on_event, on_end=self._on_end,
             tape=self.orch.config.recordings, deadline_s=STREAM_DEADLINE_S,
-            metadata={"x-request-id": f"voice-{self.session.id}"},
+            metadata={"x-request-id": f"voice-{self.session.id}", "x-session-id": self.session.id},
             protocol="grpc" if "grpc" in self.orch.hub.protocols else None,  # full duplex (see stt_stream)
         )
         self._streams.add(stream)
@@ -220,6 +233,7 @@ class VoiceConversation:
     def _start(self, turn: Turn) -> None:
         if self.closed:
             return
+        self._in_session()
         task = asyncio.create_task(self._run(turn), name=f"voice-turn-{turn.turn_id}")
         self._turns[task] = turn
         task.add_done_callback(lambda done: self._turns.pop(done, None))
