@@ -79,7 +79,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(main_proc: MainProcess) ->
     report = c.events("latency")[0]["report"]
     assert set(report["marks_s"]) == {"speech_end", "turn_end_detected", "stt_final", "llm_first_token",
                                       "first_chunk_text", "tts_first_audio", "first_audio_sent", "turn_complete"}
-    assert 0 < report["voice_to_voice_s"] < 60 and report["vad_s"] > 0.3  # the 600 ms end-of-turn silence
+    assert report["voice_to_voice_s"] > 0 and report["vad_s"] > 0.3  # the 600 ms end-of-turn silence
     metrics = (await get(main_proc, "/metrics")).text
     assert "ultravox_voice_to_voice_seconds_count 1.0" in metrics
     assert 'ultravox_turns_total{outcome="ok"}' in metrics

@@ -29,6 +29,7 @@ const state = {
   replySamples: 0,
   replySampleRate: 0,
   latency: [],
+  browserJitterBuffer: [], // per latency report: the WebRTC reply's jitter buffer in the browser (s), null on WS
   outcomes: [],
   flushes: [],
   errors: [],
@@ -104,15 +105,21 @@ function onEvent(event) {
       panels.assistantDelta(event.delta);
       return;
     case "flush":
-      state.flushes.push({ turn_id: event.turn_id, replySamples: state.replySamples });
+      state.flushes.push({
+        turn_id: event.turn_id, replySamples: state.replySamples, audioStarts: state.events.audio_start || 0,
+      });
       panels.assistantSpeaking(false);
       break;
-    case "latency":
+    case "latency": {
+      // The server's report covers main; the browser adds its own jitter buffer (WebRTC only).
+      const browser = transport && transport.takeJitterBuffer ? transport.takeJitterBuffer() : null;
       state.latency.push(event.report);
+      state.browserJitterBuffer.push(browser);
       turns += 1;
-      panels.latency(event.report, state.transport, turns);
+      panels.latency({ ...event.report, browser_jitter_buffer_s: browser }, state.transport, turns);
       panels.log("latency", `voice-to-voice ${Number(event.report.voice_to_voice_s).toFixed(3)} s`);
       return;
+    }
     case "turn_complete":
       state.outcomes.push({ turn_id: event.turn_id, outcome: event.outcome, interrupted: event.interrupted });
       state.assistantTexts.push(currentText);

@@ -4,7 +4,8 @@ const $ = (id) => document.getElementById(id);
 const LOG_MAX = 400;
 
 // Stages of the latency report in pipeline order; `chain` stages follow one another from the end
-// of speech to the first reply audio, the others are the transport's own share.
+// of speech to the first reply audio, the others are the transport's own share (docs/webrtc.md):
+// two measured in main, and the browser's jitter buffer, which the page adds from getStats.
 const STAGES = [
   { key: "vad_s", label: "end of turn", chain: true },
   { key: "stt_s", label: "STT", chain: true },
@@ -12,8 +13,12 @@ const STAGES = [
   { key: "first_chunk_s", label: "1st sentence", chain: true },
   { key: "tts_first_audio_s", label: "TTS 1st audio", chain: true },
   { key: "send_s", label: "send", chain: true },
-  { key: "transport_jitter_s", label: "jitter buffer", chain: false },
-  { key: "transport_resample_s", label: "resampling", chain: false },
+  { key: "transport_jitter_s", label: "send buffer", chain: false,
+    title: "server: how long the reply's first frame waited in the outgoing track's buffer" },
+  { key: "transport_resample_s", label: "resampling", chain: false,
+    title: "server: time spent resampling the microphone audio of this turn" },
+  { key: "browser_jitter_buffer_s", label: "jitter buffer", chain: false,
+    title: "browser: mean time the reply track's audio waited in its jitter buffer since the last turn" },
 ];
 
 function el(tag, className, text) {
@@ -140,6 +145,7 @@ export class Panels {
       const value = report[stage.key];
       const row = el("div", "bar-row");
       row.dataset.stage = stage.key;
+      if (stage.title) row.title = stage.title;
       const track = el("span", "bar-track");
       const bar = el("span", "bar" + (stage.chain ? "" : " transport"));
       bar.style.marginLeft = `${(100 * (stage.chain ? offset : 0)) / scale}%`;

@@ -45,6 +45,7 @@ export class RtcTransport {
     this.sink = null;
     this.statsTimer = 0;
     this.lastStats = {};
+    this.jitterMark = { delay: 0, count: 0 };
   }
 
   get name() {
@@ -141,6 +142,8 @@ export class RtcTransport {
           packetsReceived: s.packetsReceived || 0,
           audioLevel: s.audioLevel || 0,
           jitterBufferMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : 0,
+          jitterBufferDelay: s.jitterBufferDelay || 0,
+          jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0,
         };
       }
     });
@@ -149,6 +152,17 @@ export class RtcTransport {
 
   stats() {
     return this.lastStats;
+  }
+
+  // The browser's own (network) jitter buffer for the reply track: the mean time, in seconds, the
+  // samples it played since the previous call waited in it (getStats inbound-rtp
+  // jitterBufferDelay / jitterBufferEmittedCount, differenced; sampled every STATS_EVERY_MS), or
+  // null when none were played. Called at each turn's latency report.
+  takeJitterBuffer() {
+    const { jitterBufferDelay: delay = 0, jitterBufferEmittedCount: count = 0 } = this.lastStats;
+    const mark = this.jitterMark;
+    this.jitterMark = { delay, count };
+    return count > mark.count ? Math.max(0, delay - mark.delay) / (count - mark.count) : null;
   }
 
   async close() {

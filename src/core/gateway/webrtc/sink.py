@@ -10,7 +10,8 @@ opened (``ready``) wait for it. A client that stops reading the channel (its uns
 Each ``latency`` event gets the transport's own share of the turn (docs/webrtc.md):
 
 - ``transport_jitter_s``: how long the reply's first frame waited in the playout buffer before
-  the track sent it (None when the turn sent no audio);
+  the track took it (None when the turn sent no audio). The send side's wait, not a network
+  jitter buffer: those are at the receivers (docs/webrtc.md, "Latency");
 - ``transport_resample_s``: time spent resampling for this turn: the microphone audio from the
   moment speech was detected (``speech_started``) to the report (0 for a typed turn); the
   reply needs none, it comes from TTS at the track's 48 kHz.
