@@ -15,11 +15,13 @@
 #
 # Environment (flags win): ULTRAVOX_MAIN_URL (default: the last start's, else http://127.0.0.1:${PORT:-8080}),
 # PROMETHEUS_PORT (9090), ALERTMANAGER_PORT (9093), GRAFANA_PORT (3000), GRAFANA_HOME (Grafana's
-# install folder, for a tarball), UV_MONITORING_DIR (var/monitoring).
+# install folder, for a tarball), UV_MONITORING_DIR (var/monitoring), UV_API_KEY (main's API key:
+# written to $UV_MONITORING_DIR/api_key, mode 0600, and sent by Prometheus on target discovery).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MON="$ROOT/monitoring"
 DIR="${UV_MONITORING_DIR:-$ROOT/var/monitoring}"
+case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac  # the rendered config names files in it
 MAIN_URL="${ULTRAVOX_MAIN_URL:-}"
 PROM_PORT="${PROMETHEUS_PORT:-9090}"
 AM_PORT="${ALERTMANAGER_PORT:-9093}"
@@ -32,12 +34,27 @@ die() { log "error: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
+# Main's API key (UV_API_KEY) into $DIR/api_key, readable by this user only, for Prometheus'
+# credentials_file: the key stays out of the rendered config and out of `ps`.
+write_api_key() {
+  mkdir -p "$DIR"
+  (umask 077 && printf '%s' "$UV_API_KEY" >"$DIR/api_key.tmp")
+  chmod 600 "$DIR/api_key.tmp" && mv -f "$DIR/api_key.tmp" "$DIR/api_key"
+}
+
 # The one place monitoring/prometheus.yml is adapted to a deployment: main's URL, the rule files'
-# absolute path (the rendered file lives elsewhere), and optionally the intervals and Alertmanager.
+# absolute path (the rendered file lives elsewhere), optionally the intervals and Alertmanager,
+# and, when UV_API_KEY is set, the key for main's target discovery (its /metrics is open, and the
+# services' /metrics never take main's key, so the scrapes themselves carry none).
 render_config() {
   local url="${MAIN_URL%/}" am="${ALERTMANAGER:-127.0.0.1:$AM_PORT}"
   case "$url" in http://*|https://*) ;; *) die "--main must be a URL like http://127.0.0.1:8080, got '$url'" ;; esac
+  if [ -n "${UV_API_KEY:-}" ]; then
+    case "$DIR" in *'#'*|*$'\n'*) die "UV_MONITORING_DIR must not contain '#' or a newline: $DIR" ;; esac
+    write_api_key
+  fi
   sed -e "s#http://127.0.0.1:8080/api/monitoring/targets#$url/api/monitoring/targets#" \
+      ${UV_API_KEY:+-e "s#^        \# authorization: {.*}#        authorization: {type: Bearer, credentials_file: $DIR/api_key}#"} \
       -e "s#^  - rules/\\*\\.yml#  - $MON/rules/*.yml#" \
       -e "s#targets: \\[\"127.0.0.1:9093\"\\]#targets: [\"$am\"]#" \
       ${SCRAPE_INTERVAL:+-e "s#^  scrape_interval: .*#  scrape_interval: $SCRAPE_INTERVAL#"} \
@@ -88,6 +105,7 @@ wait_ready() {
 
 start_prometheus() {
   local pid; pid="$(running_pid prometheus /usr/bin/prometheus)"
+  [ -n "${UV_API_KEY:-}" ] || rm -f "$DIR/api_key"  # a key of an earlier start must not linger
   render_config >"$DIR/prometheus.yml"
   promtool check config "$DIR/prometheus.yml" >/dev/null || die "rendered config is invalid: $DIR/prometheus.yml"
   if [ -n "$pid" ]; then

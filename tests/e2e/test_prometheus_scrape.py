@@ -12,23 +12,27 @@ One scenario (module fixture), then checks on what Prometheus saw:
 3. Prometheus has scraped all of it.
 
 Then: every target is up (the LLM's at its new port), every dashboard query and every alert
-rule's measure returns series, ``promtool check metrics`` is clean on every target, and the
-restart shows in ultravox_service_restarts_total.
+rule's measure returns a finite value (the key panels, a value above 0: a series alone proves
+nothing, since every series starts at 0 and an unobserved histogram's quantile is NaN), with an
+explicit allowlist of queries this scenario cannot feed; ``promtool check metrics`` is clean on
+every target, and the restart shows in ultravox_service_restarts_total.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import math
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -43,6 +47,7 @@ from tests.helpers.prometheus import (
     measure,
     render_config,
     running_prometheus,
+    substitute,
     tool,
 )
 from tests.helpers.speech import convert, speech_bytes
@@ -207,7 +212,35 @@ def test_start_monitoring_sh_scrapes_the_stack_and_stops(run: Run, tmp_path: Pat
     assert not list(tmp_path.glob("*.pid"))
 
 
+# Grafana's $__rate_interval grows with the dashboard's range; 10m is what a range showing this
+# whole scenario (a few minutes of turns, then the LLM's restart) gives, so every panel covers it.
+SCENARIO_BUILTINS = {"__rate_interval": "10m", "__interval": "15s", "__range": "1h"}
+
+# Key panels: after a conversation they must show a value above 0, not just a (zero) series.
+MUST_BE_POSITIVE = {
+    "ultravox_voice_to_voice_seconds": "voice-to-voice percentiles and heatmap",
+    "ultravox_turn_stage_seconds": "the stage breakdown",
+    "uv_llm_prompt_tokens_total": "LLM tokens",
+    "uv_llm_completion_tokens_total": "LLM tokens",
+    "uv_stt_audio_seconds_total": "STT audio seconds in",
+    "uv_tts_audio_seconds_total": "TTS audio seconds out",
+}
+
+# Queries (by source) that may legitimately have no finite value in this scenario, with why.
+# Empty: the scenario feeds every panel and alert measure (an admitted turn observes its wait,
+# 0 s included; the crash feeds the failure series). An entry whose query does return a finite
+# value is reported too, so the list cannot go stale.
+MAY_BE_NAN: dict[str, str] = {}
+
+
+def finite_values(result: list[dict[str, Any]]) -> list[float]:
+    values = [float(r["value"][1]) for r in result]
+    return [v for v in values if math.isfinite(v)]
+
+
 def failures_of(prom: PrometheusApi, exprs: list[tuple[str, str]]) -> list[str]:
+    """Each query must parse, return a series and at least one finite value (unless allowlisted in
+    MAY_BE_NAN), and a value above 0 when it reads a MUST_BE_POSITIVE metric."""
     bad = []
     for source, expr in exprs:
         try:
@@ -215,19 +248,50 @@ def failures_of(prom: PrometheusApi, exprs: list[tuple[str, str]]) -> list[str]:
         except AssertionError as e:
             bad.append(f"{source}: {expr}\n  error: {e}")
             continue
+        values = finite_values(result)
+        shown = [r["value"][1] for r in result][:6]
         if not result:
             bad.append(f"{source}: {expr}\n  no series")
+        elif not values and source not in MAY_BE_NAN:
+            bad.append(f"{source}: {expr}\n  no finite value: {shown}")
+        elif values and source in MAY_BE_NAN:
+            bad.append(f"{source}: {expr}\n  allowlisted in MAY_BE_NAN but has data ({shown}): remove the entry")
+        elif (key := next((m for m in MUST_BE_POSITIVE if m in expr), None)) and not any(v > 0 for v in values):
+            bad.append(f"{source}: {expr}\n  {MUST_BE_POSITIVE[key]} must be > 0 after the conversation: {shown}")
     return bad
 
 
-def test_every_dashboard_query_returns_series(run: Run) -> None:
-    exprs = [(e.source, e.evaluable) for e in dashboard_exprs()]
+def test_every_dashboard_query_returns_data(run: Run) -> None:
+    exprs = [(e.source, substitute(e.expr, SCENARIO_BUILTINS)) for e in dashboard_exprs()]
     assert len(exprs) > 60
+    assert set(MAY_BE_NAN) <= {source for source, _ in exprs}, "a stale MAY_BE_NAN entry"
+    assert sum(any(m in expr for m in MUST_BE_POSITIVE) for _, expr in exprs) >= 10  # the key panels are there
     bad = failures_of(run.prom, exprs)
     assert not bad, f"{len(bad)} of {len(exprs)} dashboard queries:\n" + "\n".join(bad)
 
 
-def test_every_alert_rules_measure_returns_series_and_the_rule_evaluates(run: Run) -> None:
+def test_failures_of_refuses_nan_zero_and_empty_results() -> None:
+    """The check above cannot pass on zeros: a fake Prometheus answering what a silent stack would."""
+
+    class Silent(PrometheusApi):
+        def __init__(self, answers: dict[str, list[dict[str, Any]]]) -> None:
+            self.answers = answers
+
+        def query(self, expr: str) -> list[dict[str, Any]]:
+            return self.answers[expr]
+
+    nan, zero = [{"metric": {}, "value": [0, "NaN"]}], [{"metric": {}, "value": [0, "0"]}]
+    prom = Silent({"a": nan, "b": [], "ultravox_voice_to_voice_seconds_count": zero, "c": zero})
+    bad = failures_of(prom, [("s1", "a"), ("s2", "b"), ("s3", "ultravox_voice_to_voice_seconds_count"), ("s4", "c")])
+    assert [b.split(":")[0] for b in bad] == ["s1", "s2", "s3"]
+    MAY_BE_NAN.update({"s1": "test", "s4": "test"})
+    try:  # an allowlisted NaN passes; an allowlisted query with data is a stale entry
+        assert [b.split(":")[0] for b in failures_of(prom, [("s1", "a"), ("s4", "c")])] == ["s4"]
+    finally:
+        MAY_BE_NAN.clear()
+
+
+def test_every_alert_rules_measure_returns_data_and_the_rule_evaluates(run: Run) -> None:
     rules = alert_rules()
     bad = failures_of(run.prom, [(r["alert"], measure(str(r["expr"]))) for r in rules])
     assert not bad, "\n".join(bad)
@@ -265,3 +329,57 @@ def test_voice_to_voice_p95_is_measured(run: Run) -> None:
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "prometheus-voice-to-voice-p95.json").write_text(json.dumps({"query": V2V_P95, "result": result}))
     assert count >= 2 and math.isfinite(p95) and p95 > 0
+
+
+class _KeyedDiscovery(http.server.BaseHTTPRequestHandler):
+    """Main's two routes Prometheus uses: http_sd behind the API key, /metrics open."""
+
+    key: ClassVar[str] = ""
+    port: ClassVar[int] = 0
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        if self.path == "/api/monitoring/targets":
+            given = self.headers.get("authorization", "")
+            self.seen.append(given)
+            if given != f"Bearer {self.key}":
+                return self._reply(401, b'{"error": {"code": "UNAUTHENTICATED"}}')
+            body = [{"targets": [f"127.0.0.1:{self.port}"], "labels": {"component": "main", "role": "gateway"}}]
+            return self._reply(200, json.dumps(body).encode())
+        if self.path == "/metrics":
+            return self._reply(200, b"# TYPE keyed_up gauge\nkeyed_up 1\n")
+        return self._reply(404, b"")
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "text/plain" if self.path == "/metrics" else "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_with_an_api_key_the_rendered_config_discovers_through_it(tmp_path: Path) -> None:
+    """A real Prometheus on the config start_monitoring.sh renders with UV_API_KEY set sends the key
+    on discovery (a main with a key answers 401 without it) and scrapes the open /metrics."""
+    if tool("prometheus") is None:
+        pytest.skip(f"prometheus is missing: {APT_HINT}")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeyedDiscovery)
+    _KeyedDiscovery.key, _KeyedDiscovery.port, _KeyedDiscovery.seen = "short-K3y", server.server_port, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = render_config(f"http://127.0.0.1:{server.server_port}", scrape_interval="1s",
+                               alertmanager=f"127.0.0.1:{free_port()}", api_key="short-K3y",
+                               monitoring_dir=tmp_path / "mon")
+        assert "short-K3y" not in config
+        with running_prometheus(tmp_path / "prometheus", config) as prom:
+            prom.wait_for(lambda: [t["health"] for t in prom.targets()] == ["up"], 60, "scraping the keyed main")
+            assert prom.query("keyed_up") and _KeyedDiscovery.seen
+            assert set(_KeyedDiscovery.seen) == {"Bearer short-K3y"}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -46,13 +47,23 @@ def tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def render_config(main_url: str, *, scrape_interval: str | None = None, alertmanager: str | None = None) -> str:
+def render_config(
+    main_url: str, *, scrape_interval: str | None = None, alertmanager: str | None = None,
+    api_key: str | None = None, monitoring_dir: Path | None = None,
+) -> str:
+    """``start_monitoring.sh config`` output. ``api_key`` is main's UV_API_KEY (the script writes it
+    to ``monitoring_dir``/api_key); without it the key is taken out of the environment."""
     cmd = ["bash", str(START_MONITORING), "config", "--main", main_url]
     if scrape_interval:
         cmd += ["--scrape-interval", scrape_interval]
     if alertmanager:
         cmd += ["--alertmanager", alertmanager]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("UV_API_KEY", "UV_MONITORING_DIR")}
+    if api_key:
+        env["UV_API_KEY"] = api_key
+    if monitoring_dir is not None:
+        env["UV_MONITORING_DIR"] = str(monitoring_dir)
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
 
 
 # ---- the shipped expressions ----------------------------------------------------------------

@@ -77,6 +77,26 @@ def test_the_rendered_config_points_at_the_given_main_and_promtool_accepts_it(tm
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in r.stdout + r.stderr
 
 
+def test_with_an_api_key_discovery_reads_it_from_a_private_file(tmp_path: Path) -> None:
+    promtool = needs("promtool")
+    key = 'key with "quotes" and #hash'
+    text = render_config("http://127.0.0.1:18123", api_key=key, monitoring_dir=tmp_path / "mon")
+    job = yaml.safe_load(text)["scrape_configs"][0]
+    key_file = tmp_path / "mon" / "api_key"
+    assert job["http_sd_configs"][0]["authorization"] == {"type": "Bearer", "credentials_file": str(key_file)}
+    assert key not in text  # the key itself never enters the config
+    assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
+    # main's /metrics is open (core.gateway.app._OPEN_PATHS), services' never take main's key
+    assert "authorization" not in job
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text)
+    r = run(promtool, "check", "config", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # without a key: the committed file's comment stays a comment
+    plain = yaml.safe_load(render_config("http://127.0.0.1:18123", monitoring_dir=tmp_path / "mon"))
+    assert "authorization" not in plain["scrape_configs"][0]["http_sd_configs"][0]
+
+
 def test_the_default_config_is_the_committed_file() -> None:
     assert render_config("http://127.0.0.1:8080").replace(str(MONITORING) + "/", "") == (
         MONITORING / "prometheus.yml").read_text()
