@@ -37,7 +37,7 @@ MAIN_FAMILIES = {
     "ultravox_build_info", "ultravox_alert_threshold", "ultravox_errors", "ultravox_turns",
     "ultravox_turn_stage_seconds", "ultravox_voice_to_voice_seconds", "ultravox_turn_degraded", "ultravox_barge_ins",
     "ultravox_sessions_active", "ultravox_sessions_created", "ultravox_sessions_evicted",
-    "ultravox_admission_rejections", "ultravox_turns_in_flight", "ultravox_hub_calls",
+    "ultravox_admission_rejections", "ultravox_turns_in_flight", "ultravox_hub_calls", "ultravox_hub_failed_calls",
     "ultravox_hub_call_duration_seconds", "ultravox_hub_fallbacks", "ultravox_hub_retries",
     "ultravox_hub_breaker_state", "ultravox_hub_stream_first_message_seconds", "ultravox_service_state",
     "ultravox_service_up", "ultravox_service_restarts", "ultravox_service_uptime_seconds",
