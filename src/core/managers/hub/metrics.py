@@ -23,9 +23,9 @@ A call that fails (after its fallbacks and retries), and a live stream that brea
 in ``ultravox_hub_failed_calls_total`` and in ``ultravox_errors_total{source="hub", type=<code>}``.
 Attempts are not calls: a gRPC attempt that fails and falls back to msgpack successfully is a
 ``transport_error`` attempt but no failed call. Each call ends in exactly one ``ok`` or
-``cancelled`` attempt, or one failed call, which is the denominator of the HighErrorRate alert. ``prime`` gives every configured
-service its series at 0 (calls by method and protocol, fallbacks, retries, breaker closed), so
-dashboards show data before the first call.
+``cancelled`` attempt, or in one failed call: their sum is the HighErrorRate alert's
+denominator. ``prime`` gives every configured service its series at 0 (calls by method and
+protocol, fallbacks, retries, breaker closed), so dashboards show data before the first call.
 """
 
 from __future__ import annotations
