@@ -141,7 +141,8 @@ def test_the_file_rotates(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "main.log").read_text().splitlines()[-1])["msg"].startswith("line 99 ")
 
 
-async def test_each_http_request_gets_a_request_id_that_comes_back() -> None:
+def request_id_app() -> tuple[FastAPI, list[str]]:
+    """An app with the RequestContext middleware whose one route, /x, records the request id it ran with."""
     app = FastAPI()
     seen: list[str] = []
 
@@ -151,6 +152,11 @@ async def test_each_http_request_gets_a_request_id_that_comes_back() -> None:
         return {}
 
     app.add_middleware(RequestContext)
+    return app, seen
+
+
+async def test_each_http_request_gets_a_request_id_that_comes_back() -> None:
+    app, seen = request_id_app()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://main") as c:
         given = await c.get("/x", headers={"x-request-id": "client-rid-1"})
         fresh = await c.get("/x")
@@ -212,15 +218,7 @@ def test_clean_id_keeps_ordinary_ids() -> None:
 
 
 async def test_a_nasty_request_id_header_is_replaced_not_echoed() -> None:
-    app = FastAPI()
-    seen: list[str] = []
-
-    @app.get("/x")
-    async def x() -> dict[str, str]:
-        seen.append(request_id_var.get())
-        return {}
-
-    app.add_middleware(RequestContext)
+    app, seen = request_id_app()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://main") as c:
         tab = await c.get("/x", headers={"x-request-id": "bad\tid"})
         high = await c.get("/x", headers=[(b"x-request-id", b"caf\xc3\xa9")])
