@@ -11,10 +11,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from core.config.models import (
     ConversationConfig,
@@ -26,6 +26,8 @@ from core.config.models import (
     Settings,
 )
 from core.errors import ConfigError
+
+_M = TypeVar("_M", bound=BaseModel)
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 _ENV_FIELDS = ("grpc_port", "http_port", "engine", "model", "device", "enabled", "host")
@@ -121,26 +123,22 @@ def load_settings(
                 '"credential": "p"}]',
             ) from e
         gw["webrtc"] = webrtc
-    try:
-        gateway = GatewayConfig.model_validate(gw)
-    except ValidationError as e:
-        raise _validation_error(spath, "gateway", e) from e
-    try:
-        hub = HubConfig.model_validate(sdoc.get("hub") or {})
-    except ValidationError as e:
-        raise _validation_error(spath, "hub", e) from e
-    try:
-        conversation = ConversationConfig.model_validate(sdoc.get("conversation") or {})
-    except ValidationError as e:
-        raise _validation_error(spath, "conversation", e) from e
-    try:
-        monitoring = MonitoringConfig.model_validate(sdoc.get("monitoring") or {})
-    except ValidationError as e:
-        raise _validation_error(spath, "monitoring", e) from e
     return Settings(
-        profile=prof, profiles=profiles, services=services, gateway=gateway, hub=hub,
-        conversation=conversation, monitoring=monitoring, config_dir=str(cdir),
+        profile=prof, profiles=profiles, services=services,
+        gateway=_section(spath, "gateway", gw, GatewayConfig),
+        hub=_section(spath, "hub", sdoc.get("hub"), HubConfig),
+        conversation=_section(spath, "conversation", sdoc.get("conversation"), ConversationConfig),
+        monitoring=_section(spath, "monitoring", sdoc.get("monitoring"), MonitoringConfig),
+        config_dir=str(cdir),
     )
+
+
+def _section(path: Path, key: str, raw: Any, model: type[_M]) -> _M:
+    """One top-level section of services.yaml (absent = defaults); a ConfigError naming the key on bad input."""
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as e:
+        raise _validation_error(path, key, e) from e
 
 
 def _load_services(

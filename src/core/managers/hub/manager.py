@@ -166,11 +166,7 @@ class CommunicationManager:
         try:
             response = await self.rounds.run(c, attempt)
         except CallError as e:
-            self.metrics.call_failed(e, service, method)
-            if _is_breaker_failure(e):
-                breaker.failure()
-            else:
-                breaker.success()
+            self._failed(e, breaker, service, method)
             raise
         except BaseException:  # cancelled: no verdict on the service's health
             breaker.release()
@@ -206,11 +202,7 @@ class CommunicationManager:
             opened = await self.rounds.run(c, opener.attempt(c.deadline))
         except CallError as e:
             await opener.close()
-            self.metrics.call_failed(e, service, method)
-            if _is_breaker_failure(e):
-                breaker.failure()
-            else:
-                breaker.success()
+            self._failed(e, breaker, service, method)
             raise
         except BaseException:
             await opener.close()
@@ -290,6 +282,16 @@ class CommunicationManager:
             self.metrics.call_failed(e, service, method)
             raise
         return breaker
+
+    def _failed(self, err: CallError, breaker: CircuitBreaker, service: str, method: str) -> None:
+        """A call (or stream open) failed after every fallback and retry: count it, and give the
+        breaker its verdict (a transient failure counts against the service; an answer, even a no,
+        does not)."""
+        self.metrics.call_failed(err, service, method)
+        if _is_breaker_failure(err):
+            breaker.failure()
+        else:
+            breaker.success()
 
     # ---- helpers ------------------------------------------------------------------------------
 
