@@ -142,10 +142,12 @@ class FakeHub:
     def __init__(self) -> None:
         self.llm, self.tts, self.stt = FakeLlm(), FakeTts(), FakeStt()
         self.calls: list[tuple[str, str]] = []
+        self.transcribed: list[Any] = []
 
     async def call(self, service: str, method: str, payload: Any = None, **_: Any) -> Any:
         self.calls.append((service, method))
         assert method == "Transcribe", method
+        self.transcribed.append(payload)
         return self.stt.transcribe(payload)
 
     async def stream(self, service: str, method: str, payload: Any = None, **_: Any) -> AsyncGenerator[Any, None]:

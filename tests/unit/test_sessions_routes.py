@@ -168,6 +168,30 @@ async def test_a_chunked_upload_past_the_limit_is_cut_off(tmp_path: Path) -> Non
         assert r.status_code == 413
 
 
+@pytest.mark.parametrize("ctype", ["audio/pcm", "audio/L16", "audio/x-raw; rate=16000"])
+@pytest.mark.parametrize("first", [b"\xff\xe0", b"\xff\xff", b"ID", b"Og"], ids=["FFE0", "FFFF", "ID3", "OggS"])
+async def test_declared_pcm_with_a_rate_is_pcm_whatever_its_first_bytes(
+    tmp_path: Path, ctype: str, first: bytes
+) -> None:
+    """Regression: a PCM16 body whose first sample is slightly negative (FF Ex) was sniffed as MP3."""
+    body = first + (b"3\x04" if first == b"ID" else b"gS" if first == b"Og" else b"") + b"\x10\x00" * 7999
+    body = body[: len(body) // 2 * 2]
+    async with conversation_app(tmp_path) as (c, rt):
+        r = await c.post(f"{CONV}/audio?sample_rate=16000", content=body, headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
+        (sent,) = rt.hub.transcribed  # type: ignore[attr-defined]
+        assert sent.audio.data == body and sent.audio.sample_rate == 16000
+
+
+async def test_an_undeclared_body_is_still_sniffed(tmp_path: Path) -> None:
+    async with conversation_app(tmp_path) as (c, rt):
+        r = await c.post(f"{CONV}/audio?sample_rate=16000", content=wav(),
+                         headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        (sent,) = rt.hub.transcribed  # type: ignore[attr-defined]
+        assert sent.audio.data == wav() and sent.audio.sample_rate == 0  # a container: STT decodes it
+
+
 def test_sniffing() -> None:
     assert sniff_audio(wav()) == "wav"
     assert sniff_audio(b"OggS\x00\x02") == "ogg" and sniff_audio(b"fLaC\x00") == "flac"

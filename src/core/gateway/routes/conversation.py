@@ -28,7 +28,10 @@ from core.sessions import CollectingSink, TurnInProgress
 
 router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)], tags=["conversation"])
 AudioMode = Literal["url", "inline", "none"]
-_PCM_TYPES = ("audio/pcm", "audio/l16", "audio/x-raw", "application/octet-stream", "")
+#: Types that declare raw PCM16: believed whatever the body's first bytes look like.
+_DECLARED_PCM = ("audio/pcm", "audio/l16", "audio/x-raw")
+#: Types that declare nothing in particular: the body is sniffed, and PCM16 only if nothing matches.
+_GENERIC_TYPES = ("application/octet-stream", "")
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"OggS", "ogg"), (0, b"fLaC", "flac"), (0, b"ID3", "mp3"), (0, b"\x1aE\xdf\xa3", "webm"),
     (4, b"ftyp", "mp4"), (0, b"#!AMR", "amr"), (0, b"caff", "caf"),
@@ -102,6 +105,7 @@ async def parse_upload(request: Request, max_bytes: int, sample_rate: int | None
         if not isinstance(file, UploadFile):
             raise InvalidArgument("multipart upload has no 'file' part; send the audio as -F file=@question.wav")
         data = await file.read()
+        part_type = (file.content_type or "").split(";")[0].strip().lower()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         await form.close()
         if len(data) > max_bytes:
@@ -109,12 +113,15 @@ async def parse_upload(request: Request, max_bytes: int, sample_rate: int | None
         rate = _rate(fields.get("sample_rate"), sample_rate)
     else:
         data = await read_capped(request, max_bytes)
-        fields, rate = {}, sample_rate
+        fields, rate, part_type = {}, sample_rate, ctype
     if not data:
         raise InvalidArgument(f"the audio upload is empty; send {FORMATS_HINT}")
-    if sniff_audio(data) is not None:
+    declared_pcm = part_type in _DECLARED_PCM
+    # A declared PCM body with its rate is PCM: its first samples may look like a frame sync
+    # (FF Ex is a small negative sample) or a magic number. Sniffing is for the undeclared.
+    if not (declared_pcm and rate is not None) and sniff_audio(data) is not None:
         return Upload(data, None, fields)
-    raw_pcm = ctype in _PCM_TYPES
+    raw_pcm = declared_pcm or part_type in _GENERIC_TYPES
     if rate is None or not (raw_pcm or ctype == "multipart/form-data"):
         if raw_pcm:
             raise InvalidArgument("raw PCM needs its rate: add ?sample_rate=16000 (PCM16 mono little-endian)")
