@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Create or refresh the main virtualenv (.venv) with uv, idempotently.
+# Create or refresh the main virtualenv (.venv) from the committed uv.lock, idempotently.
 #   scripts/bootstrap.sh [EXTRAS]     EXTRAS defaults to "main"; tests use "main,dev".
 # Needs only python3.11 on PATH. System packages come from apt-get when missing (root only).
-# A re-run with unchanged pyproject.toml does nothing but a hash check.
+# Installs exactly the locked versions (uv sync --locked): a fresh machine gets what CI tested,
+# whatever is newest on PyPI today. A re-run with an unchanged lock, pyproject.toml and protos
+# does nothing but a hash check. A lock that no longer matches pyproject.toml is an error that
+# says to run scripts/lock.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRAS="${1:-main}"
@@ -23,12 +26,18 @@ apt_install() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# libsndfile for soundfile; ffmpeg-free decoding happens in PyAV wheels.
-apt_install libsndfile1 ca-certificates
+# libsndfile for soundfile (ffmpeg-free decoding happens in PyAV wheels); a C++ toolchain and
+# cmake for the LLM venv, which compiles llama-cpp-python (GGML_NATIVE=OFF) once.
+apt_install libsndfile1 ca-certificates g++ make cmake
 
-hash_now="$( { cat "$ROOT/pyproject.toml"; echo "$EXTRAS"; "$PY" -V 2>&1; } | sha256sum | cut -c1-16)"
+[ -f "$ROOT/uv.lock" ] || { log "no uv.lock in $ROOT: run scripts/lock.sh to create it"; exit 1; }
+
+# The stamp keys on what decides the install: the lock, pyproject.toml (its extras and build
+# settings), the protos the build generates code from, the extras and the Python.
+hash_now="$( { cat "$ROOT/uv.lock" "$ROOT/pyproject.toml" "$ROOT"/protos/uvpb/*.proto; echo "$EXTRAS"; "$PY" -V 2>&1; } \
+  | sha256sum | cut -c1-16)"
 stamp="$VENV/.bootstrap-$hash_now"
-if [ -f "$stamp" ] && [ -x "$VENV/bin/python" ] && [ -d "$ROOT/src/uvpb" ]; then
+if [ -f "$stamp" ] && [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/uv" ] && [ -d "$ROOT/src/uvpb" ]; then
   exit 0
 fi
 
@@ -36,12 +45,22 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$PY" -m venv "$VENV"
 fi
-if [ ! -x "$VENV/bin/uv" ]; then
-  log "installing uv"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9"
-fi
-log "installing the project with extras [$EXTRAS] (uv cache: ${UV_CACHE_DIR:-~/.cache/uv})"
-VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install --python "$VENV/bin/python" -e "$ROOT[$EXTRAS]"
+"$ROOT/scripts/lib/ensure_uv.sh" "$VENV"
 
+extra_args=()
+IFS=',' read -r -a extras <<<"$EXTRAS"
+for e in "${extras[@]}"; do [ -n "$e" ] && extra_args+=(--extra "$e"); done
+log "installing the locked project with extras [$EXTRAS] (uv cache: $("$VENV/bin/uv" cache dir))"
+# --locked: fail rather than re-resolve when uv.lock and pyproject.toml disagree.
+# --reinstall-package: rebuild the editable project so src/uvpb is regenerated from protos/.
+if ! UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never \
+    "$VENV/bin/uv" sync --project "$ROOT" --locked --python "$VENV/bin/python" "${extra_args[@]}" \
+    --reinstall-package ultravox-pipeline; then
+  log "uv sync failed. If it says the lockfile needs to be updated, pyproject.toml changed without"
+  log "uv.lock: run scripts/lock.sh, then commit uv.lock."
+  exit 1
+fi
+
+rm -f "$VENV"/.bootstrap-*
 touch "$stamp"
-log "main venv ready"
+log "main venv ready (locked versions from uv.lock)"

@@ -31,6 +31,9 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 
+# The lock decides every installed version: a pyproject.toml edit without `scripts/lock.sh` fails
+# here, before anything is installed from a lock that no longer says what the code needs.
+scripts/lock.sh --check
 scripts/bootstrap.sh main,dev
 PY="$ROOT/.venv/bin/python"
 

@@ -30,7 +30,7 @@ import pytest
 from core.config import load_settings
 from core.context import Paths
 from core.managers.supervisor import VenvBuilder
-from core.managers.supervisor.venv import source_build_cache, source_builds
+from core.managers.supervisor.venv import source_builds
 from core.wire import CONTROL_OPS, operation
 from services.runtime import EXIT_STARTUP
 from tests.helpers.service_process import SERVING, ServiceProcess, eventually, free_port
@@ -103,9 +103,10 @@ def test_llama_build_is_the_portable_one_from_the_keyed_cache(llm_python: str) -
     """Regression guard: a -march=native (AMX) llama.cpp segfaults on any prompt over one token."""
     cfg = load_settings(env={}).services["llm"]
     assert "-DGGML_NATIVE=OFF" in cfg.env["CMAKE_ARGS"]
-    specs = source_builds(VenvBuilder(Paths.from_env()).requirements(cfg), cfg.env)
-    assert specs == ["llama-cpp-python==0.3.36"]
-    house = source_build_cache(Paths.from_env().cache, specs, cfg.env)
+    b = VenvBuilder(Paths.from_env())
+    assert [p.spec for p in source_builds(b.locked(cfg), cfg.env)] == ["llama-cpp-python==0.3.36"]
+    house = b.wheelhouse(cfg)
+    assert house is not None
     wheels = sorted(house.glob("llama_cpp_python-0.3.36-*.whl"))
     assert wheels, f"no compiled llama-cpp-python wheel in {house}"
     # the venv's CPU backend must be the one from the keyed (GGML_NATIVE=OFF) wheel, byte for byte

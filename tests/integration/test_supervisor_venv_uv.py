@@ -1,8 +1,9 @@
-"""VenvBuilder with the real uv on a tiny throwaway project: build, editable import, reuse, rebuild.
+"""VenvBuilder with the real uv on a tiny throwaway project: lock, build, editable import, reuse, rebuild.
 
-The project has no dependencies (only its build backend, which uv's shared cache already
-holds once the main venv exists), so this runs in seconds and proves the exact uv commands
-the supervisor uses for the real services.
+The project depends on one small package (``packaging``) and is locked with the real ``uv lock``,
+so this runs in seconds and proves the exact uv commands the supervisor uses for the real
+services: the export of the extra from the lock, ``uv pip sync --require-hashes``, the editable
+install without dependencies, and the exact locked version in the venv.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ requires-python = ">=3.11"
 dependencies = []
 
 [project.optional-dependencies]
-tiny = []
+tiny = ["packaging>=20,<=24.1"]
+
+[tool.uv]
+build-constraint-dependencies = ["hatchling==1.33.0"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["src/tiny_svc"]
@@ -52,6 +56,9 @@ async def test_real_uv_builds_reuses_and_rebuilds(tmp_path: Path) -> None:
     (root / "src" / "tiny_svc").mkdir(parents=True)
     (root / "pyproject.toml").write_text(PYPROJECT)
     (root / "src" / "tiny_svc" / "__init__.py").write_text("ANSWER = 42\n")
+    await asyncio.to_thread(subprocess.run, [find_uv(), "lock"], cwd=root, check=True, capture_output=True, timeout=120)
+    # widen the range after locking: the lock, not the newest release the range allows, decides
+    (root / "pyproject.toml").write_text(PYPROJECT.replace("<=24.1", ""))
     paths = Paths(root=root, var=tmp_path / "var", cache=tmp_path / "cache", venvs=tmp_path / "venvs")
     console = io.StringIO()
     b = VenvBuilder(paths, uv=find_uv(), console=console)
@@ -64,6 +71,8 @@ async def test_real_uv_builds_reuses_and_rebuilds(tmp_path: Path) -> None:
     py = b.python_for(cfg)
     out = await run_python(py, "import sys, tiny_svc; print(tiny_svc.ANSWER, sys.version_info[:2])")
     assert out.split()[0] == "42" and f"({sys.version_info[0]}, {sys.version_info[1]})" in out
+    assert b.requirements(cfg) == ["packaging==24.1"]
+    assert (await run_python(py, "import packaging; print(packaging.__version__)")).strip() == "24.1"
     # editable: a change in the source tree is seen without reinstalling
     (root / "src" / "tiny_svc" / "__init__.py").write_text("ANSWER = 43\n")
     assert (await run_python(py, "import tiny_svc; print(tiny_svc.ANSWER)")).strip() == "43"

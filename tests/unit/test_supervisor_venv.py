@@ -1,10 +1,9 @@
-"""VenvBuilder: the requirements hash, the .ready marker, pruning, and build failures (fake uv)."""
+"""VenvBuilder: the lock-keyed hash, the .ready marker, pruning, and build failures (fake uv)."""
 
 from __future__ import annotations
 
 import io
 import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,10 @@ import pytest
 from core.context import Paths
 from core.errors import SupervisorError, VenvBuildError
 from core.managers.supervisor import venv as venv_mod
+from core.managers.supervisor.lock import parse_export
 from core.managers.supervisor.venv import READY_MARKER, VenvBuilder, requirements_hash
+from tests.helpers.fake_uv import fake_uv, locked_project, pins_text
+from tests.helpers.locked import applies_here
 from tests.helpers.supervisor_fakes import service_config
 
 PYPROJECT = """
@@ -24,18 +26,27 @@ dependencies = ["grpcio==1.85.1", "psutil>=6"]
 [project.optional-dependencies]
 stt = ["faster-whisper==1.2.1", "soxr>=0.5"]
 tts = ["kokoro-onnx==0.6.1"]
+
+[tool.uv]
+build-constraint-dependencies = ["hatchling==1.33.0"]
 """
+BASE = ("grpcio==1.85.1", "psutil==7.1.0")
+EXPORTS = {
+    "stt": pins_text(*BASE, "faster-whisper==1.2.1", "soxr==0.5.0"),
+    "tts": pins_text(*BASE, "kokoro-onnx==0.6.1"),
+}
 
 
-def project(tmp: Path, text: str = PYPROJECT) -> Paths:
-    root = tmp / "root"
-    root.mkdir(exist_ok=True)
-    (root / "pyproject.toml").write_text(text)
-    return Paths(root=root, var=tmp / "var", cache=tmp / "cache", venvs=tmp / "venvs")
+def project(tmp: Path, exports: dict[str, str] | None = None, text: str = PYPROJECT) -> Paths:
+    locked_project(tmp / "root", text, EXPORTS if exports is None else exports)
+    return Paths(root=tmp / "root", var=tmp / "var", cache=tmp / "cache", venvs=tmp / "venvs")
 
 
 def builder(paths: Paths, **kw: object) -> VenvBuilder:
-    return VenvBuilder(paths, python="/usr/bin/python3.11-fake", **kw)  # type: ignore[arg-type]
+    kw.setdefault("uv", fake_uv(paths.root.parent))
+    b = VenvBuilder(paths, python="/usr/bin/python3.11-fake", **kw)  # type: ignore[arg-type]
+    b._python_version = "CPython-3.11.7"  # no interpreter to query in a unit test
+    return b
 
 
 @pytest.fixture
@@ -43,39 +54,40 @@ def paths(tmp_path: Path) -> Paths:
     return project(tmp_path)
 
 
-def hash_of(paths: Paths, **cfg: object) -> str:
-    b = builder(paths)
-    b._python_version = "CPython-3.11.7"  # no interpreter to query in a unit test
-    return b.venv_hash(service_config("stt", **cfg))
+def hash_of(paths: Paths, service: str = "stt", **cfg: object) -> str:
+    cfg.setdefault("extra", service)
+    return builder(paths).venv_hash(service_config(service, **cfg))
 
 
 def test_hash_is_stable_and_named_after_the_service(paths: Paths) -> None:
     b = builder(paths)
-    b._python_version = "CPython-3.11.7"
-    cfg = service_config("stt")
+    cfg = service_config("stt", extra="stt")
     assert b.venv_hash(cfg) == b.venv_hash(cfg) == hash_of(paths)
     assert b.venv_path(cfg).name == f"stt-{b.venv_hash(cfg)}" and len(b.venv_hash(cfg)) == 12
+    assert b.requirements(cfg) == [*BASE, "faster-whisper==1.2.1", "soxr==0.5.0"]
 
 
-def test_hash_changes_when_this_extra_changes(paths: Paths) -> None:
-    before = hash_of(paths)
-    (paths.root / "pyproject.toml").write_text(PYPROJECT.replace("soxr>=0.5", "soxr>=0.6"))
-    assert hash_of(paths) != before
+def test_a_lock_change_rebuilds_exactly_the_venvs_whose_pins_changed(tmp_path: Path) -> None:
+    before = {svc: hash_of(project(tmp_path), svc) for svc in ("stt", "tts")}
+    moved = {**EXPORTS, "tts": EXPORTS["tts"].replace("kokoro-onnx==0.6.1", "kokoro-onnx==0.6.2")}
+    after = {svc: hash_of(project(tmp_path, moved), svc) for svc in ("stt", "tts")}
+    assert after["stt"] == before["stt"] and after["tts"] != before["tts"]
 
 
-def test_hash_changes_when_base_dependencies_change(paths: Paths) -> None:
-    before = hash_of(paths)
-    (paths.root / "pyproject.toml").write_text(PYPROJECT.replace('"psutil>=6"', '"psutil>=7"'))
-    assert hash_of(paths) != before
+def test_a_changed_hash_for_the_same_version_rebuilds(tmp_path: Path) -> None:
+    before = hash_of(project(tmp_path))
+    other = {**EXPORTS, "stt": EXPORTS["stt"].replace("--hash=sha256:", "--hash=sha256:0", 1)}
+    assert hash_of(project(tmp_path, other)) != before
 
 
-def test_hash_ignores_other_extras_order_and_unrelated_fields(paths: Paths) -> None:
-    before = hash_of(paths)
-    text = PYPROJECT.replace('"kokoro-onnx==0.6.1"', '"kokoro-onnx==0.7.0"')
-    text = text.replace('version = "0"', 'version = "9"')
-    text = text.replace('["faster-whisper==1.2.1", "soxr>=0.5"]', '["soxr>=0.5", "faster-whisper==1.2.1"]')
-    (paths.root / "pyproject.toml").write_text(text)
-    assert hash_of(paths) == before
+def test_hash_ignores_pyproject_ranges_the_lock_did_not_move(tmp_path: Path) -> None:
+    before = hash_of(project(tmp_path))
+    assert hash_of(project(tmp_path, text=PYPROJECT.replace("soxr>=0.5", "soxr>=0.4"))) == before
+
+
+def test_hash_covers_build_constraints(tmp_path: Path) -> None:
+    before = hash_of(project(tmp_path))
+    assert hash_of(project(tmp_path, text=PYPROJECT.replace("1.33.0", "1.34.0"))) != before
 
 
 def test_hash_ignores_runtime_env_but_not_build_env(paths: Paths) -> None:
@@ -85,10 +97,10 @@ def test_hash_ignores_runtime_env_but_not_build_env(paths: Paths) -> None:
 
 
 def test_hash_covers_python_version_and_project_root() -> None:
-    reqs = ["a==1"]
-    base = requirements_hash(reqs, "CPython-3.11.7", "/r", {})
-    assert base != requirements_hash(reqs, "CPython-3.11.9", "/r", {})
-    assert base != requirements_hash(reqs, "CPython-3.11.7", "/s", {})
+    pins = parse_export(pins_text("a==1"))
+    base = requirements_hash(pins, "CPython-3.11.7", "/r", {})
+    assert base != requirements_hash(pins, "CPython-3.11.9", "/r", {})
+    assert base != requirements_hash(pins, "CPython-3.11.7", "/s", {})
 
 
 def test_unknown_extra_names_service_and_declared_extras(paths: Paths) -> None:
@@ -96,10 +108,21 @@ def test_unknown_extra_names_service_and_declared_extras(paths: Paths) -> None:
         hash_of(paths, extra="nope")
 
 
+def test_a_missing_lock_says_how_to_make_one(paths: Paths) -> None:
+    (paths.root / "uv.lock").unlink()
+    with pytest.raises(VenvBuildError, match=r"'stt'.*no readable uv.lock.*scripts/lock.sh"):
+        hash_of(paths)
+
+
+def test_a_failing_export_says_how_to_fix_the_lock(paths: Paths) -> None:
+    (paths.root / "export-stt.txt").unlink()
+    with pytest.raises(VenvBuildError, match=r"'stt'.*uv export.*exited with code 2.*not defined.*scripts/lock.sh"):
+        hash_of(paths)
+
+
 def test_python_for_requires_the_ready_marker(paths: Paths) -> None:
     b = builder(paths)
-    b._python_version = "CPython-3.11.7"
-    cfg = service_config("stt")
+    cfg = service_config("stt", extra="stt")
     with pytest.raises(SupervisorError, match=r"'stt' has no ready venv.*prepare-only"):
         b.python_for(cfg)
     venv = b.venv_path(cfg)
@@ -109,30 +132,10 @@ def test_python_for_requires_the_ready_marker(paths: Paths) -> None:
     assert b.is_ready(cfg) and b.python_for(cfg) == venv / "bin" / "python"
 
 
-FAKE_UV = """\
-#!/bin/sh
-# fake uv: "venv --python PY DIR" makes DIR; "pip install ..." prints progress, fails if FAIL_PIP is set
-echo "uv $*"
-if [ "$1" = venv ]; then mkdir -p "$4/bin"; echo "Creating virtual environment at: $4"; exit 0; fi
-echo "Resolved 3 packages in 5ms"
-echo "CMAKE_ARGS=$CMAKE_ARGS"
-if [ -n "$FAIL_PIP" ]; then echo "error: No solution found when resolving dependencies" >&2; exit 1; fi
-echo "Installed 3 packages in 2ms"
-"""
-
-
-def fake_uv(tmp: Path) -> str:
-    p = tmp / "uv"
-    p.write_text(FAKE_UV)
-    p.chmod(p.stat().st_mode | stat.S_IXUSR)
-    return str(p)
-
-
 async def test_ensure_builds_once_streams_progress_and_prunes_stale(paths: Paths, tmp_path: Path) -> None:
     console = io.StringIO()
-    b = builder(paths, uv=fake_uv(tmp_path), console=console)
-    b._python_version = "CPython-3.11.7"
-    cfg = service_config("stt", env={"CMAKE_ARGS": "-DX=1"})
+    b = builder(paths, console=console)
+    cfg = service_config("stt", extra="stt", env={"CMAKE_ARGS": "-DX=1"})
     stale = paths.venvs / "stt-0123456789ab"
     other = paths.venvs / "stt2-0123456789ab"  # another service's venv: never touched
     stale.mkdir(parents=True)
@@ -141,7 +144,11 @@ async def test_ensure_builds_once_streams_progress_and_prunes_stale(paths: Paths
     assert (venv / READY_MARKER).is_file() and venv == b.venv_path(cfg)
     out = console.getvalue()
     assert "[stt venv] Resolved 3 packages" in out and "[stt venv] $ " in out
-    assert f"pip install --python {venv}/bin/python -e {paths.root}[stt]" in out
+    assert f"pip sync --python {venv}/bin/python --require-hashes {venv}/locked-requirements.txt" in out
+    assert (f"pip install --python {venv}/bin/python --no-deps --build-constraints {venv}/build-constraints.txt "
+            f"-e {paths.root}") in out
+    assert parse_export((venv / "locked-requirements.txt").read_text()) == parse_export(EXPORTS["stt"])
+    assert (venv / "build-constraints.txt").read_text() == "hatchling==1.33.0\n"
     assert "[stt venv] CMAKE_ARGS=-DX=1" in out  # the service env reaches the build
     log = (paths.logs / "stt.install.log").read_text()
     assert "Installed 3 packages" in log and f"uv venv --python /usr/bin/python3.11-fake {venv}" in log
@@ -155,13 +162,12 @@ async def test_failed_build_names_service_command_and_output(
     paths: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAIL_PIP", "1")
-    b = builder(paths, uv=fake_uv(tmp_path), console=io.StringIO())
-    b._python_version = "CPython-3.11.7"
-    cfg = service_config("stt")
+    b = builder(paths, console=io.StringIO())
+    cfg = service_config("stt", extra="stt")
     with pytest.raises(VenvBuildError) as ei:
         await b.ensure(cfg)
     msg = str(ei.value)
-    assert "'stt'" in msg and "pip install" in msg and "exited with code 1" in msg
+    assert "'stt'" in msg and "pip sync" in msg and "exited with code 1" in msg
     assert "No solution found" in msg and "stt.install.log" in msg
     assert not b.is_ready(cfg)
     monkeypatch.delenv("FAIL_PIP")
@@ -183,11 +189,12 @@ def test_find_uv_prefers_the_main_venv(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert os.environ["PATH"].endswith("nowhere")
 
 
-def test_pyproject_of_the_repo_parses_for_every_service_extra() -> None:
+def test_the_repo_lock_exports_every_service_extra_with_hashes() -> None:
     root = Path(__file__).resolve().parents[2]
     paths = Paths(root=root, var=root / "var", cache=root / "var", venvs=root / ".venvs")
     b = VenvBuilder(paths)
-    for extra in ("stt", "tts", "llm-cpu"):
-        reqs = b.requirements(service_config("x", extra=extra))
-        assert "grpcio==1.85.1" in reqs and len(reqs) > 10
-
+    for extra in ("stt", "tts", "llm-cpu", "llm-api", "llm-gpu"):
+        pins = b.locked(service_config("x", extra=extra))
+        assert "grpcio==1.85.1" in [p.spec for p in pins] and len(pins) > 10
+        here = [p for p in pins if applies_here(p)]  # a pin for another platform may lack a wheel
+        assert all(p.version and "--hash=sha256:" in p.entry for p in here), extra

@@ -1,19 +1,21 @@
-"""One virtualenv per service, built with uv and keyed by a hash of what goes into it.
+"""One virtualenv per service, built with uv from the committed lock, keyed by what goes into it.
 
-``<paths.venvs>/<name>-<hash12>`` holds an editable install of this project with the
-service's extra (``-e '<root>[stt]'``). The hash covers the project's base dependencies and
-that extra's requirements (from pyproject.toml), the Python version, the project root the
-editable install points at, and build-affecting env such as CMAKE_ARGS. So a venv is rebuilt
-only when one of those changes, and a changed runtime env (OMP_NUM_THREADS) costs nothing.
-uv's shared cache (~/.cache/uv) makes every extra venv cheap on disk.
+``<paths.venvs>/<name>-<hash12>`` holds the service's extra exactly as ``uv.lock`` pins it
+(``uv pip sync --require-hashes`` of the extra's export, see lock.py) plus an editable install
+of this project without dependencies. The hash covers that export (versions and hashes), the
+Python version, the project root the editable install points at, the pinned build
+dependencies, and build-affecting env such as CMAKE_ARGS. So a changed lock rebuilds exactly the
+venvs whose pins changed, and a changed runtime env (OMP_NUM_THREADS) costs nothing. uv's shared
+cache (~/.cache/uv) makes every extra venv cheap on disk.
 
 Packages named in the service env's ``SOURCE_BUILD_PACKAGES`` (llama-cpp-python) are compiled
-once into a wheelhouse, ``<paths.cache>/wheels/wheelhouse-<key>``, where the key hashes those
-requirements and the build env, with ``pip wheel --no-cache-dir`` and the service's build env.
-uv keys the wheels it builds by sdist only, never by CMAKE_ARGS, so its shared cache could hand
-back a wheel built with other flags (a ``-march=native`` llama.cpp that segfaults); and its cache
-layout changes between uv releases. A wheel file in a keyed folder is neither: every later venv
-with the same flags installs it with ``--find-links`` in seconds, whatever the uv version.
+once into a wheelhouse, ``<paths.cache>/wheels/wheelhouse-<key>``, where the key hashes their
+locked entries and the build env, with ``pip wheel --no-cache-dir --require-hashes`` (the sdist
+is checked against the lock's hash) and the service's build env. uv keys the wheels it builds
+by sdist only, never by CMAKE_ARGS, so its shared cache could hand back a wheel built with other
+flags (a ``-march=native`` llama.cpp that segfaults); and its cache layout changes between uv
+releases. A wheel file in a keyed folder is neither: every later venv with the same flags
+installs it with ``--find-links`` in seconds, whatever the uv version.
 
 A ``.ready`` marker is written last; a venv without it is a half-built leftover and is
 rebuilt. Builds are meant to run one at a time: the project's build hook regenerates the
@@ -32,15 +34,15 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from core.config import ServiceConfig
 from core.context import Paths
 from core.errors import SupervisorError, VenvBuildError
+from core.managers.supervisor.lock import LockedPins, Pin, build_constraints, canonical, requirements_text
 
 READY_MARKER = ".ready"
 #: Service env naming packages (comma or space separated) to build from source in a keyed cache.
@@ -62,31 +64,10 @@ def build_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def requirements_of(pyproject: Mapping[str, Any], extra: str, *, source: str = "pyproject.toml") -> list[str]:
-    """Base dependencies plus those of ``extra``; VenvBuildError if the extra is not declared."""
-    project = pyproject.get("project", {})
-    extras: dict[str, list[str]] = project.get("optional-dependencies", {})
-    if extra not in extras:
-        raise VenvBuildError(
-            f"extra {extra!r} is not declared in {source} [project.optional-dependencies] "
-            f"(declared: {', '.join(sorted(extras)) or 'none'}); "
-            "fix the service's 'extra' in config/services.yaml"
-        )
-    return [*project.get("dependencies", []), *extras[extra]]
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def source_builds(requirements: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """The requirements (as declared) of the packages ``env[SOURCE_BUILD_ENV]`` names."""
-    wanted = [_canonical(n) for n in re.split(r"[,\s]+", env.get(SOURCE_BUILD_ENV, "")) if n]
-    by_name: dict[str, str] = {}
-    for req in requirements:
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-        if m:
-            by_name[_canonical(m.group(1))] = req.strip()
+def source_builds(pins: Sequence[Pin], env: Mapping[str, str]) -> list[Pin]:
+    """The locked pins of the packages ``env[SOURCE_BUILD_ENV]`` names."""
+    wanted = [canonical(n) for n in re.split(r"[,\s]+", env.get(SOURCE_BUILD_ENV, "")) if n]
+    by_name = {p.name: p for p in pins}
     missing = [n for n in wanted if n not in by_name]
     if missing:
         raise VenvBuildError(
@@ -96,22 +77,27 @@ def source_builds(requirements: Sequence[str], env: Mapping[str, str]) -> list[s
     return [by_name[n] for n in wanted]
 
 
-def source_build_cache(cache_root: Path, specs: Sequence[str], env: Mapping[str, str]) -> Path:
-    """uv cache for ``specs`` built with this build env: one folder per (requirements, flags)."""
-    doc = {"requirements": sorted(specs), "build_env": build_env(env)}
+def source_build_cache(
+    cache_root: Path, pins: Sequence[Pin], env: Mapping[str, str], constraints: Sequence[str] = ()
+) -> Path:
+    """Wheelhouse for ``pins`` built with this build env and these build constraints."""
+    doc = {"requirements": sorted(p.entry for p in pins), "build_env": build_env(env),
+           "build_constraints": sorted(constraints)}
     key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root / "wheels" / f"wheelhouse-{key}"
 
 
 def requirements_hash(
-    requirements: Sequence[str], python_version: str, project_root: str, env: Mapping[str, str]
+    pins: Sequence[Pin], python_version: str, project_root: str, env: Mapping[str, str],
+    constraints: Sequence[str] = (),
 ) -> str:
     """12 hex digits that change only when what would be installed changes."""
     doc = {
-        "requirements": sorted(r.strip() for r in requirements),
+        "requirements": sorted(p.entry for p in pins),
         "python": python_version,
         "root": project_root,
         "build_env": build_env(env),
+        "build_constraints": sorted(constraints),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -140,14 +126,13 @@ class VenvBuilder:
         python: str | None = None,
         uv: str | None = None,
         console: TextIO | None = None,
-        pyproject: Path | None = None,
     ) -> None:
         self._paths = paths
         self._python = python or sys.executable
         self._uv = uv
         self._console = console if console is not None else sys.stderr
-        self._pyproject = pyproject or paths.root / "pyproject.toml"
         self._python_version: str | None = None
+        self._lock: LockedPins | None = None
 
     # ---- identity -------------------------------------------------------------------------
     def python_version(self) -> str:
@@ -171,20 +156,38 @@ class VenvBuilder:
             ) from e
         return out.stdout.strip()
 
-    def requirements(self, config: ServiceConfig) -> list[str]:
+    def _locked(self) -> LockedPins:
+        if self._lock is None:
+            self._lock = LockedPins(self._paths.root, self._uv or find_uv())
+        return self._lock
+
+    def locked(self, config: ServiceConfig) -> list[Pin]:
+        """The service's pins from uv.lock (base dependencies plus its extra)."""
         try:
-            doc = tomllib.loads(self._pyproject.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise VenvBuildError(f"service {config.name!r}: cannot read {self._pyproject}: {e}") from e
-        try:
-            return requirements_of(doc, config.extra, source=str(self._pyproject))
+            return self._locked().pins(config.extra)
         except VenvBuildError as e:
             raise VenvBuildError(f"service {config.name!r}: {e}") from e
 
+    def requirements(self, config: ServiceConfig) -> list[str]:
+        """``name==version`` of every locked pin of the service."""
+        return [p.spec for p in self.locked(config)]
+
+    def build_constraints(self) -> list[str]:
+        return build_constraints(self._locked().pyproject())
+
     def venv_hash(self, config: ServiceConfig) -> str:
         return requirements_hash(
-            self.requirements(config), self.python_version(), str(self._paths.root), config.env
+            self.locked(config), self.python_version(), str(self._paths.root), config.env,
+            self.build_constraints(),
         )
+
+    def wheelhouse(self, config: ServiceConfig) -> Path | None:
+        """Where the service's source-built packages are compiled, or None when it has none."""
+        try:
+            pins = source_builds(self.locked(config), config.env)
+        except VenvBuildError as e:
+            raise VenvBuildError(f"service {config.name!r}: {e}") from e
+        return source_build_cache(self._paths.cache, pins, config.env, self.build_constraints()) if pins else None
 
     def venv_path(self, config: ServiceConfig) -> Path:
         return self._paths.venvs / f"{config.name}-{self.venv_hash(config)}"
@@ -228,49 +231,62 @@ class VenvBuilder:
         env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
         env.update(config.env)
         python = str(venv / "bin" / "python")
-        steps = [[uv, "venv", "--python", self._python, str(venv)]]
-        try:
-            specs = source_builds(self.requirements(config), config.env)
-        except VenvBuildError as e:
-            raise VenvBuildError(f"service {config.name!r}: {e}") from e
-        links: list[str] = []
-        wheelhouse = source_build_cache(self._paths.cache, specs, config.env) if specs else None
+        pins = self.locked(config)
+        wheelhouse = self.wheelhouse(config)  # names the service when SOURCE_BUILD_PACKAGES is wrong
+        compiled = source_builds(pins, config.env)
+        constraints = self.build_constraints()
+        locked_file, constraints_file = venv / "locked-requirements.txt", venv / "build-constraints.txt"
+        steps = [[uv, "pip", "sync", "--python", python, "--require-hashes", str(locked_file)]]
         if wheelhouse is not None:
-            links = ["--find-links", str(wheelhouse)]
-            steps.append([uv, "pip", "install", "--python", python, "--no-deps", *links, *specs])
-        steps.append([uv, "pip", "install", "--python", python, *links, "-e", f"{self._paths.root}[{config.extra}]"])
+            steps.append([uv, "pip", "install", "--python", python, "--no-deps", "--no-index",
+                          "--find-links", str(wheelhouse), *(p.spec for p in compiled)])
+        steps.append([uv, "pip", "install", "--python", python, "--no-deps",
+                      "--build-constraints", str(constraints_file), "-e", str(self._paths.root)])
         t0 = time.monotonic()
         with log_path.open("a", encoding="utf-8") as log:
             log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} building {venv}\n")
-            self._say(config, f"building venv {venv.name} with extra [{config.extra}] (log: {log_path})", log)
+            self._say(config, f"building venv {venv.name}, extra [{config.extra}] as locked (log: {log_path})", log)
             if wheelhouse is not None:
-                await self._fill_wheelhouse(config, wheelhouse, specs, env, log)
+                await self._fill_wheelhouse(config, wheelhouse, compiled, constraints, env, log)
+            await self._run(config, [uv, "venv", "--python", self._python, str(venv)], env, log)
+            locked_file.write_text(requirements_text([p for p in pins if p not in compiled]))
+            constraints_file.write_text("".join(c + "\n" for c in constraints))
             for argv in steps:
                 await self._run(config, argv, env, log)
             marker = {
                 "service": config.name, "extra": config.extra, "python": self.python_version(),
-                "requirements": self.requirements(config), "built_at": time.time(),
+                "requirements": [p.spec for p in pins], "built_at": time.time(),
             }
             (venv / READY_MARKER).write_text(json.dumps(marker, indent=1))
             self._say(config, f"venv ready in {time.monotonic() - t0:.1f}s: {venv}", log)
 
     async def _fill_wheelhouse(
-        self, config: ServiceConfig, wheelhouse: Path, specs: list[str], env: dict[str, str], log: TextIO
+        self, config: ServiceConfig, wheelhouse: Path, pins: list[Pin], constraints: list[str],
+        env: dict[str, str], log: TextIO,
     ) -> None:
-        """Compile ``specs`` into ``wheelhouse`` once (atomically); later venvs reuse the wheels."""
+        """Compile ``pins`` into ``wheelhouse`` once (atomically); later venvs reuse the wheels."""
         if await asyncio.to_thread(lambda: any(wheelhouse.glob("*.whl"))):
             self._say(config, f"reusing compiled wheels in {wheelhouse}", log)
             return
         wheelhouse.parent.mkdir(parents=True, exist_ok=True)
         tmp = wheelhouse.with_name(f".{wheelhouse.name}.tmp-{os.getpid()}")
         await asyncio.to_thread(shutil.rmtree, tmp, True)
-        self._say(config, f"compiling {', '.join(specs)} once into {wheelhouse} (several minutes)", log)
-        await self._run(
-            config,
-            [self._python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--progress-bar", "off",
-             "--wheel-dir", str(tmp), *specs],
-            env, log,
-        )
+        src = wheelhouse.with_name(f".{wheelhouse.name}.src-{os.getpid()}")
+        src.mkdir(parents=True, exist_ok=True)
+        try:
+            (src / "requirements.txt").write_text(requirements_text(pins))
+            (src / "build-constraints.txt").write_text("".join(c + "\n" for c in constraints))
+            specs = ", ".join(p.spec for p in pins)
+            self._say(config, f"compiling {specs} once into {wheelhouse} (several minutes)", log)
+            await self._run(
+                config,
+                [self._python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--progress-bar", "off",
+                 "--require-hashes", "--build-constraint", str(src / "build-constraints.txt"),
+                 "--wheel-dir", str(tmp), "-r", str(src / "requirements.txt")],
+                env, log,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, src, True)
         if not any(tmp.glob("*.whl")):
             raise VenvBuildError(f"service {config.name!r}: pip wheel produced no wheel for {specs} in {tmp}")
         await asyncio.to_thread(shutil.rmtree, wheelhouse, True)
