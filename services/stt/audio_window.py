@@ -42,7 +42,8 @@ class AudioWindow:
             if lo >= stop:
                 break
             parts.append(chunk[max(start - lo, 0) : min(stop, hi) - lo])
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        window: np.ndarray = np.concatenate(parts).astype(np.float32, copy=False)
+        return window
 
     def drop_before(self, sample: int) -> None:
         """Forget whole chunks that end at or before ``sample``."""
