@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from core.context import ServiceContext
     from services.runtime.http_app import HttpKit
 
-Transport = Literal["grpc", "msgpack", "json", "openai"]
-"""How a call reached the service; ``openai`` is an OpenAI-compatible HTTP route."""
+Transport = Literal["grpc", "msgpack", "json", "openai", "runpod"]
+"""How a call reached the service; ``openai`` is an OpenAI-compatible HTTP route, ``runpod`` a RunPod job."""
 
 
 @dataclass(frozen=True, slots=True)

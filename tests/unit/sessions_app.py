@@ -21,6 +21,7 @@ from core.context import GlobalContext, Paths, ProcessContext
 from core.gateway.app import agents_dir, attach_conversation, install_error_handlers
 from core.gateway.routes import conversation, polling, sessions
 from core.gateway.runtime import MainRuntime
+from core.managers.remote import RemoteServices
 from core.sessions import load_agents
 from tests.helpers.conversation_fakes import FakeHub
 
@@ -33,7 +34,8 @@ async def conversation_app(tmp_path: Path, **conf: Any) -> AsyncIterator[tuple[h
     settings = base.model_copy(update={"conversation": ConversationConfig(**conf)})
     paths = Paths(root=ROOT, var=tmp_path / "var", cache=tmp_path / "cache", venvs=tmp_path / "venvs")
     g = GlobalContext.create(settings, paths)
-    rt = MainRuntime(ctx=ProcessContext(global_=g, name="main"), supervisor=None, hub=FakeHub())  # type: ignore[arg-type]
+    ctx = ProcessContext(global_=g, name="main")
+    rt = MainRuntime(ctx=ctx, supervisor=None, hub=FakeHub(), remote=RemoteServices(ctx))  # type: ignore[arg-type]
     await attach_conversation(rt, load_agents(agents_dir(g)))
     app = FastAPI()
     install_error_handlers(app)

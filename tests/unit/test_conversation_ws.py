@@ -25,6 +25,7 @@ from core.context import GlobalContext, Paths, ProcessContext
 from core.gateway.app import agents_dir, attach_conversation
 from core.gateway.routes import voice_ws
 from core.gateway.runtime import MainRuntime
+from core.managers.remote import RemoteServices
 from core.sessions import load_agents
 from tests.helpers.conversation_fakes import FakeHub
 
@@ -41,7 +42,8 @@ def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClien
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = MainRuntime(ctx=ProcessContext(global_=g, name="main"), supervisor=None,  # type: ignore[arg-type]
+        ctx = ProcessContext(global_=g, name="main")
+        rt = MainRuntime(ctx=ctx, supervisor=None, remote=RemoteServices(ctx),  # type: ignore[arg-type]
                          hub=FakeHub(), api_key=api_key)  # type: ignore[arg-type]
         await attach_conversation(rt, load_agents(agents_dir(g)))
         app.state.runtime = rt

@@ -22,6 +22,7 @@ from core.context import GlobalContext, Paths, ProcessContext
 from core.gateway.metrics import failure_type, install_main_metrics, tree_cpu_seconds
 from core.gateway.routes import monitoring
 from core.gateway.runtime import MainRuntime
+from core.managers.remote import RemoteServices
 from core.managers.supervisor import ServiceStatus, State
 from core.managers.supervisor.runner import TransitionListener
 
@@ -127,7 +128,9 @@ def test_tree_cpu_seconds_of_a_gone_process_is_none() -> None:
 
 
 def runtime(tmp_path: Path, statuses: list[ServiceStatus]) -> MainRuntime:
-    return MainRuntime(ctx=context(tmp_path), supervisor=FakeSupervisor(statuses), hub=None)  # type: ignore[arg-type]
+    ctx = context(tmp_path)
+    return MainRuntime(ctx=ctx, supervisor=FakeSupervisor(statuses), hub=None,  # type: ignore[arg-type]
+                       remote=RemoteServices(ctx))
 
 
 async def test_targets_list_main_and_live_services(tmp_path: Path) -> None:

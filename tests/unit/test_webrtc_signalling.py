@@ -26,6 +26,7 @@ from core.gateway.runtime import MainRuntime
 from core.gateway.voice_endpoint import VoiceEndpoint
 from core.gateway.webrtc import parse_candidates, parse_offer
 from core.logs import session_id_var
+from core.managers.remote import RemoteServices
 from core.sessions import load_agents
 from tests.helpers.conversation_fakes import FakeHub
 
@@ -100,7 +101,8 @@ async def runtime(tmp_path: Path, webrtc_config: WebRtcConfig | None = None) -> 
     base = load_settings(ROOT / "config", env={})
     settings = base.model_copy(update={"gateway": GatewayConfig(webrtc=webrtc_config or WebRtcConfig())})
     g = GlobalContext.create(settings, Paths(root=ROOT, var=tmp_path / "var", cache=tmp_path / "c", venvs=tmp_path))
-    rt = MainRuntime(ctx=ProcessContext(global_=g, name="main"), supervisor=None,  # type: ignore[arg-type]
+    ctx = ProcessContext(global_=g, name="main")
+    rt = MainRuntime(ctx=ctx, supervisor=None, remote=RemoteServices(ctx),  # type: ignore[arg-type]
                      hub=FakeHub())  # type: ignore[arg-type]
     await attach_conversation(rt, load_agents(agents_dir(g)))
     try:

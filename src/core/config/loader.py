@@ -31,6 +31,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 _ENV_FIELDS = ("grpc_port", "http_port", "engine", "model", "device", "enabled", "host")
+_REMOTE_ENV_FIELDS = ("endpoint_id", "base_url")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -68,12 +69,13 @@ def _validation_error(path: Path, prefix: str, e: ValidationError) -> ConfigErro
     return ConfigError(str(path), key, f"{first['msg']}{more}")
 
 
-def _env_override(name: str, env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field in _ENV_FIELDS:
-        key = f"UV_{name.upper().replace('-', '_')}_{field.upper()}"
-        if key in env:
-            out[field] = env[key]
+def _env_override(name: str, env: Mapping[str, str], remote: Mapping[str, Any] | None) -> dict[str, Any]:
+    prefix = f"UV_{name.upper().replace('-', '_')}_"
+    out: dict[str, Any] = {f: env[prefix + f.upper()] for f in _ENV_FIELDS if prefix + f.upper() in env}
+    if remote is not None:  # a remote service's endpoint: UV_STT_ENDPOINT_ID, UV_STT_BASE_URL
+        over = {f: env[prefix + f.upper()] for f in _REMOTE_ENV_FIELDS if prefix + f.upper() in env}
+        if over:
+            out["remote"] = {**remote, **over}
     return out
 
 
@@ -171,7 +173,7 @@ def _load_services(
             merged["options"] = {**merged.get("options", {}), **o.pop("options", {})}
             merged["env"] = {**merged.get("env", {}), **o.pop("env", {})}
             merged.update(o)
-        env_over = _env_override(sname, env)
+        env_over = _env_override(sname, env, merged.get("remote"))
         where = str(spath)
         if env_over:
             merged.update(env_over)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -45,11 +45,36 @@ class RemoteEndpoint(_Strict):
     """Where a service runs when it is not spawned locally (another host, RunPod, an API)."""
 
     kind: Literal["grpc", "http", "runpod", "openai"] = Field(description="How the hub reaches it.")
-    url: str = Field(description="Base URL or host:port of the endpoint.")
+    base_url: str = Field(
+        "https://api.runpod.ai/v2",
+        validation_alias=AliasChoices("base_url", "url"),
+        description="Base URL of the API (RunPod: https://api.runpod.ai/v2; tests point it at local servers). "
+        "Env override: UV_<SERVICE>_BASE_URL.",
+    )
     api_key_env: str = Field(
         "", description="Name of the env var that holds the key; the key itself never goes in config."
     )
-    endpoint_id: str = Field("", description="RunPod serverless endpoint id (kind=runpod).")
+    endpoint_id: str = Field(
+        "", description="RunPod serverless endpoint id (kind=runpod); env override UV_<SERVICE>_ENDPOINT_ID. "
+        "Empty: base_url is the endpoint itself (the runpod SDK's local API server)."
+    )
+    local_api: bool = Field(
+        False, description="kind=runpod: base_url is the runpod SDK's local test server (--rp_serve_api): "
+        "POST for every path, /run waits for /status or /stream, no /cancel or /health."
+    )
+    queue_timeout_s: float = Field(
+        90.0, gt=0, description="kind=runpod: longest a job may wait IN_QUEUE (a cold start loads the model) "
+        "before it is cancelled and the call fails as UNAVAILABLE with a message that says so."
+    )
+    poll_interval_s: float = Field(
+        0.1, gt=0, description="kind=runpod: pause between /status or /stream polls of a running job."
+    )
+    runsync_wait_s: float = Field(
+        30.0, ge=1, le=300, description="kind=runpod: how long one /runsync waits before the job is polled."
+    )
+    health_period_s: float = Field(
+        10.0, gt=0, description="kind=runpod: seconds between /health probes of the endpoint."
+    )
 
 
 class ServiceConfig(_Strict):

@@ -49,6 +49,7 @@ from core.gateway.routes import (
 from core.gateway.runtime import MainRuntime
 from core.logs import RequestContext, register_secret
 from core.managers.hub import CommunicationManager
+from core.managers.remote import RemoteServices, ServiceResolver
 from core.managers.supervisor import ServiceSupervisor
 from core.sessions import (
     Admission,
@@ -168,9 +169,10 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sup = supervisor or ServiceSupervisor(ctx)
+        remote = RemoteServices(ctx)
         rt = MainRuntime(
-            ctx=ctx, supervisor=sup, hub=CommunicationManager(ctx, sup, config=g.settings.hub),
-            api_key=api_key,
+            ctx=ctx, supervisor=sup, remote=remote,
+            hub=CommunicationManager(ctx, ServiceResolver(sup, remote), config=g.settings.hub), api_key=api_key,
         )
         control.install_metrics(rt)
         app.state.runtime = rt

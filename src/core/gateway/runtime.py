@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import Request
@@ -23,6 +23,7 @@ from fastapi import Request
 from core.context import ProcessContext
 from core.errors import NotFound
 from core.managers.hub import CommunicationManager
+from core.managers.remote import RemoteServices
 from core.managers.supervisor import ServiceSupervisor
 from core.sessions import Admission, PollRegistry, RateLimiter, Recorder, ReplyAudioCache, SessionManager
 
@@ -37,6 +38,8 @@ class MainRuntime:
     ctx: ProcessContext
     supervisor: ServiceSupervisor
     hub: CommunicationManager
+    remote: RemoteServices
+    """Services reached through a remote API (RunPod): endpoints and their probed state."""
     proxy_client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=60.0))
     boot_error: str = ""
     booted: bool = False
@@ -65,6 +68,7 @@ class MainRuntime:
         self._boot_task = asyncio.create_task(self._boot(), name="main-boot")
 
     async def _boot(self) -> None:
+        self.remote.start()  # remote endpoints are probed while local services are prepared
         try:
             await self.supervisor.prepare()
             await self.supervisor.start_all()
@@ -96,8 +100,13 @@ class MainRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._boot_task
         await self.supervisor.shutdown()
+        await self.remote.close()
         await self.hub.close()
         await self.proxy_client.aclose()
+
+    def service_rows(self) -> list[dict[str, Any]]:
+        """``/services``: every local service's status, then every remote one's."""
+        return [*(s.to_dict() for s in self.supervisor.statuses()), *(s.to_dict() for s in self.remote.statuses())]
 
     def services_by_role(self) -> dict[str, str]:
         """role -> service name of the first enabled service per role (what the orchestrator calls)."""

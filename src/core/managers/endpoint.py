@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.config.models import RemoteEndpoint
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -16,6 +18,10 @@ class Endpoint:
     grpc_port: int
     http_port: int
     token: str = field(repr=False)
+    remote: RemoteEndpoint | None = None
+    """Set for a service reached through a remote API (RunPod): the hub then uses that API's transport."""
+    api_key: str = field(default="", repr=False)
+    """The remote API's key, read from ``remote.api_key_env`` (never logged, never in config)."""
 
     @property
     def grpc_target(self) -> str:

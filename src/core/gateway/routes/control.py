@@ -37,6 +37,9 @@ async def health(request: Request) -> JSONResponse:
     statuses = [s for s in rt.supervisor.statuses() if s.name in enabled]
     services = {s.name: s.state.value for s in statuses}
     not_ready = [s.name for s in statuses if s.state != State.RUNNING]
+    remote = rt.remote.statuses()
+    services.update({s.name: s.state.value for s in remote})
+    not_ready += [s.name for s in remote if not s.state.usable]
     ok = rt.booted and not not_ready and not rt.boot_error
     body: dict[str, Any] = {
         "status": "ok" if ok else "starting" if not rt.boot_error else "error",
@@ -47,18 +50,24 @@ async def health(request: Request) -> JSONResponse:
         body["error"] = rt.boot_error
     elif not ok:
         body["waiting_for"] = not_ready or ["service preparation (venvs)"]
+    down = {s.name: s.last_error for s in remote if s.last_error}
+    if down:
+        body["remote_errors"] = down
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/services")
 async def list_services(request: Request) -> list[dict[str, Any]]:
-    return [s.to_dict() for s in runtime_of(request).supervisor.statuses()]
+    return runtime_of(request).service_rows()
 
 
 @router.get("/services/{name}")
 async def describe_service(name: str, request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
-    out = rt.supervisor.status(name).to_dict()
+    if name in rt.remote:
+        out = rt.remote.status(name).to_dict()
+    else:
+        out = rt.supervisor.status(name).to_dict()
     cfg = rt.ctx.settings.services[name]
     out["config"] = cfg.model_dump(mode="json", exclude={"env"})
     return out
@@ -66,7 +75,15 @@ async def describe_service(name: str, request: Request) -> dict[str, Any]:
 
 @router.post("/services/{name}/{action}")
 async def service_action(name: str, action: Literal["start", "stop", "restart"], request: Request) -> dict[str, Any]:
-    sup = runtime_of(request).supervisor
+    rt = runtime_of(request)
+    if name in rt.remote:
+        if action != "restart":
+            raise InvalidArgument(
+                f"service {name!r} is a RunPod endpoint ({rt.remote.status(name).endpoint}); RunPod starts and "
+                "stops its workers (set min/max workers on the endpoint). `sm restart` re-probes it."
+            )
+        return (await rt.remote.probe(name)).to_dict()
+    sup = rt.supervisor
     fn = {"start": sup.start, "stop": sup.stop, "restart": sup.restart}[action]
     status = await fn(name)
     return status.to_dict()
@@ -80,7 +97,13 @@ async def service_logs(
     offset: int | None = Query(None, ge=0, description="Byte offset from a previous reply; returns what follows."),
 ) -> dict[str, Any]:
     """Log lines of a service. ``offset`` lets ``sm logs -f`` follow without re-reading."""
-    sup = runtime_of(request).supervisor
+    rt = runtime_of(request)
+    if name in rt.remote:
+        raise InvalidArgument(
+            f"service {name!r} runs on RunPod ({rt.remote.status(name).endpoint}); its worker logs are in the "
+            "RunPod console (endpoint > Logs), not on this machine"
+        )
+    sup = rt.supervisor
     path = sup.log_path(name)
     if not path.exists():
         return {"service": name, "lines": [], "offset": 0, "path": str(path)}
@@ -109,7 +132,7 @@ class CallBody(BaseModel):
     service: str = Field(description="Service name from services.yaml, e.g. 'stt'.")
     method: str = Field(description="Operation name, e.g. 'Transcribe', 'Echo', 'Info'.")
     payload: dict[str, Any] = Field(default_factory=dict, description="Request in proto3 JSON (bytes as base64).")
-    protocol: Literal["grpc", "msgpack", "json"] | None = Field(None, description="Force one transport.")
+    protocol: Literal["grpc", "msgpack", "json", "runpod"] | None = Field(None, description="Force one transport.")
     deadline_s: float | None = Field(None, gt=0, le=600)
 
 
@@ -117,7 +140,7 @@ class CallBody(BaseModel):
 async def call(body: CallBody, request: Request) -> dict[str, Any]:
     """Call any service operation through the hub, with proto3-JSON in and out."""
     rt = runtime_of(request)
-    role = rt.supervisor.endpoint(body.service).role
+    role = rt.hub.endpoint(body.service).role
     op = operation(role, body.method)
     req = op.request()
     try:

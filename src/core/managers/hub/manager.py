@@ -43,7 +43,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from core.config.models import HubConfig
+from core.config.models import HubConfig, RemoteEndpoint
 from core.context import ProcessContext
 from core.errors import (
     CallError,
@@ -68,18 +68,24 @@ from core.managers.hub.transports import (
     Transport,
     UnaryCall,
 )
+from core.managers.hub.transports.runpod import RunpodTransport
 from core.wire import Kind, Operation, operation, to_message
 
 DEFAULT_TRANSPORT_DOWN_S = 1.0
 DEFAULT_STREAM_DEADLINE_S = 300.0
 
 
+RUNPOD = "runpod"
+
+
 def default_transports(config: HubConfig) -> dict[str, Transport]:
-    """The real transports; msgpack and JSON share one HTTP client per service."""
+    """The real transports; msgpack and JSON share one HTTP client per service. ``runpod`` is
+    not in the fallback order: it is the only protocol of a service whose remote kind is runpod."""
     pool = HttpClientPool()
     return {"grpc": GrpcTransport(connect_timeout_s=config.connect_timeout_s),
             "msgpack": HttpTransport("msgpack", pool=pool),
-            "json": HttpTransport("json", pool=pool)}
+            "json": HttpTransport("json", pool=pool),
+            RUNPOD: RunpodTransport()}
 
 
 def _is_breaker_failure(err: CallError) -> bool:
@@ -118,7 +124,10 @@ class CommunicationManager:
         self._stream_deadline_s = stream_deadline_s
         self._clock = clock
         self.metrics = HubMetrics(ctx.registry)
-        self.metrics.prime({c.name: c.role for c in ctx.settings.enabled_services()}, self._order)
+        enabled = ctx.settings.enabled_services()
+        self.metrics.prime({c.name: c.role for c in enabled if not _on_runpod(c.remote)}, self._order)
+        if RUNPOD in self._transports:
+            self.metrics.prime({c.name: c.role for c in enabled if _on_runpod(c.remote)}, (RUNPOD,))
         self.rounds = Rounds(
             self._transports,
             retry=RetryPolicy(
@@ -214,6 +223,10 @@ class CommunicationManager:
             async for msg in messages:
                 yield msg
 
+    def endpoint(self, service: str) -> Endpoint:
+        """Where ``service`` is reached now (local ports, or its remote API); NotFound if unknown."""
+        return self._endpoint(service)
+
     def breaker_state(self, service: str) -> str:
         """``closed``, ``half_open`` or ``open``; a service never called reads ``closed``."""
         b = self._breakers.get(service)
@@ -265,7 +278,7 @@ class CommunicationManager:
             raise ServiceUnavailable("the hub is closed", service=service, method=method)
         endpoint = self._endpoint(service)
         op = self._operation(endpoint.role, method)
-        order = self._protocols(protocol)
+        order = self._protocols(protocol, endpoint)
         timeout = default_deadline_s if deadline_s is None else deadline_s
         if not timeout > 0:
             raise InvalidArgument(f"deadline_s must be > 0, got {deadline_s}", service=service, method=method)
@@ -307,7 +320,19 @@ class CommunicationManager:
             op = self._ops[(role, method)] = operation(role, method)
         return op
 
-    def _protocols(self, protocol: str | None) -> tuple[str, ...]:
+    def _protocols(self, protocol: str | None, endpoint: Endpoint) -> tuple[str, ...]:
+        if _on_runpod(endpoint.remote):  # a RunPod endpoint speaks RunPod's job API and nothing else
+            if protocol not in (None, RUNPOD) or RUNPOD not in self._transports:
+                raise InvalidArgument(
+                    f"service {endpoint.name!r} is a RunPod endpoint; it is reached over protocol "
+                    f"{RUNPOD!r} only, not {protocol!r}", protocol=protocol or "",
+                )
+            return (RUNPOD,)
+        if protocol == RUNPOD:
+            raise InvalidArgument(
+                f"service {endpoint.name!r} is not a RunPod endpoint; use one of: {', '.join(self._order)}",
+                protocol=protocol,
+            )
         if protocol is None:
             return self._order
         if protocol not in self._transports:
@@ -335,6 +360,10 @@ class CommunicationManager:
 # printable ASCII values without surrounding blanks.
 _HEADER_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]*(?<!-bin)")
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
+def _on_runpod(remote: RemoteEndpoint | None) -> bool:
+    return remote is not None and remote.kind == RUNPOD
 
 
 def _caller_metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
