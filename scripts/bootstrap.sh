@@ -32,6 +32,12 @@ apt_install libsndfile1 ca-certificates g++ make cmake
 
 [ -f "$ROOT/uv.lock" ] || { log "no uv.lock in $ROOT: run scripts/lock.sh to create it"; exit 1; }
 
+# The venv keeps every extra it was ever given (./start.sh after the tests must not uninstall
+# pytest under a running suite): sync the union, exactly, so nothing unlocked stays behind.
+if [ -f "$VENV/.bootstrap-extras" ]; then
+  EXTRAS="$(printf '%s,%s' "$(cat "$VENV/.bootstrap-extras")" "$EXTRAS" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+fi
+
 # The stamp keys on what decides the install: the lock, pyproject.toml (its extras and build
 # settings), the protos the build generates code from, the extras and the Python.
 hash_now="$( { cat "$ROOT/uv.lock" "$ROOT/pyproject.toml" "$ROOT"/protos/uvpb/*.proto; echo "$EXTRAS"; "$PY" -V 2>&1; } \
@@ -62,5 +68,6 @@ if ! UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never \
 fi
 
 rm -f "$VENV"/.bootstrap-*
+echo "$EXTRAS" >"$VENV/.bootstrap-extras"
 touch "$stamp"
 log "main venv ready (locked versions from uv.lock)"

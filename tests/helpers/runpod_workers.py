@@ -71,7 +71,7 @@ class RunpodWorker:
         """Until the worker's server answers (the model is loaded before the server starts)."""
         assert self.proc is not None
         t0 = time.monotonic()
-        probe = f"http://127.0.0.1:{self.port}/openapi.json" if self.api == "sdk" else f"{self.base_url}/ping"
+        probe = f"http://127.0.0.1:{self.port}/" + ("openapi.json" if self.api == "sdk" else "ping")
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.role} worker exited ({self.proc.returncode}); log:\n{self.tail()}")

@@ -115,11 +115,13 @@ class RunpodTransport:
     async def unary(self, call: UnaryCall) -> Message:
         ep, op = call.endpoint, call.operation
         r = _target(ep)
-        wait_s = max(1.0, min(r.runsync_wait_s, call.remaining()))
+        # /runsync returns by queue_timeout_s at the latest, so a cold start is noticed and reported
+        wait_s = max(1.0, min(r.runsync_wait_s, r.queue_timeout_s, call.remaining()))
         body = {"input": job_input(op, call.request, call.metadata)}
         path = "runsync" if r.local_api else f"runsync?wait={int(wait_s * 1000)}"
+        sent = time.monotonic()
         reply = await self._request(ep, "POST", path, body, call.deadline)
-        job = self._job(ep, reply)
+        job = self._job(ep, reply, sent)
         try:
             while job.status in PENDING:
                 await self._pause(ep, job, call.deadline)
@@ -144,8 +146,9 @@ class RunpodTransport:
                 "operation (Transcribe for STT) or run this service locally"
             )
         body = {"input": job_input(op, call.request, call.metadata)}
+        sent = time.monotonic()
         reply = await self._request(ep, "POST", "run", body, call.deadline)
-        job = self._job(ep, reply)
+        job = self._job(ep, reply, sent)
         done = False
         try:
             while True:
@@ -272,12 +275,12 @@ class RunpodTransport:
                                    service=ep.name)
         return TransportError(f"{where} answered {path} with {resp.status_code}: {text}", service=ep.name)
 
-    def _job(self, ep: Endpoint, reply: Mapping[str, Any]) -> Job:
+    def _job(self, ep: Endpoint, reply: Mapping[str, Any], sent: float) -> Job:
         job_id, status = reply.get("id"), str(reply.get("status", ""))
         if not isinstance(job_id, str) or not job_id:
             raise TransportError(f"{endpoint_label(ep)} accepted a job but returned no id: {reply!r:.200}",
                                  service=ep.name)
-        return Job(job_id, status, time.monotonic())
+        return Job(job_id, status, sent)
 
     async def _pause(self, ep: Endpoint, job: Job, deadline: float) -> None:
         """Wait one poll interval; fail a job stuck IN_QUEUE past ``queue_timeout_s`` (cold start)."""
