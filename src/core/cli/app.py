@@ -68,11 +68,26 @@ def list_(ctx: typer.Context) -> None:
         f"{'RSS':>8}  LAST ERROR"
     )
     for r in rows:
+        if r.get("remote"):  # a RunPod endpoint: no process here; where it is and what it has
+            typer.echo(f"{r['name']:<10}{r['state']:<14}{_remote_summary(r)}")
+            continue
         typer.echo(
             f"{r['name']:<10}{r['state']:<10}{r.get('pid') or '-':>8}  {r.get('grpc_port') or '-':>6} "
             f"{r.get('http_port') or '-':>6}  {r.get('restarts', 0):>8}  {_dur(r.get('uptime_s')):>8}  "
             f"{_mb(r.get('rss_bytes')):>8}  {(r.get('last_error') or '')[:60]}"
         )
+
+
+def _remote_summary(r: dict[str, Any]) -> str:
+    workers, jobs = r.get("workers") or {}, r.get("jobs") or {}
+    parts = [f"{r.get('kind', 'remote')} {r.get('endpoint', '')}"]
+    if workers:
+        parts.append(f"workers idle {workers.get('idle', 0)} running {workers.get('running', 0)}")
+    if jobs:
+        parts.append(f"queue {jobs.get('inQueue', 0)}")
+    if r.get("last_error"):
+        parts.append(str(r["last_error"])[:100])
+    return "  ".join(parts)
 
 
 @app.command()
@@ -107,8 +122,10 @@ def health(
         typer.echo(f"main: {body['status']} (profile {body.get('profile')})")
         if body.get("error"):
             typer.echo(f"  error: {body['error']}")
+        for name, why in (body.get("remote_errors") or {}).items():  # which RunPod endpoint is down, and why
+            typer.echo(f"  remote {name} is down: {why}")
         for s in services or []:
-            mark = "ok " if s["state"] == "RUNNING" else "-- "
+            mark = "ok " if s["state"] in ("RUNNING", "REMOTE_READY", "REMOTE_COLD") else "-- "
             err = f"  ({s['last_error']})" if s.get("last_error") else ""
             typer.echo(f"  {mark}{s['name']:<10}{s['state']}{err}")
     raise typer.Exit(0 if body["status"] == "ok" else 1)

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from core.config import Settings
 from core.context import ProcessContext
 from core.error_metrics import ErrorMetrics, error_metrics
+from core.managers.remote import RemoteServices, RemoteState
 from core.managers.supervisor import ServiceSupervisor, State
 
 ROLES = ("stt", "tts", "llm")
@@ -51,7 +52,9 @@ def engines(settings: Settings) -> dict[str, str]:
     return out
 
 
-def install_main_metrics(ctx: ProcessContext, supervisor: ServiceSupervisor) -> None:
+def install_main_metrics(
+    ctx: ProcessContext, supervisor: ServiceSupervisor, remote: RemoteServices | None = None
+) -> None:
     """Register main's build info, alert thresholds and supervisor metrics in ``ctx.registry``."""
     settings, registry = ctx.settings, ctx.registry
     eng = engines(settings)
@@ -68,6 +71,8 @@ def install_main_metrics(ctx: ProcessContext, supervisor: ServiceSupervisor) -> 
     for alert, value in alert_thresholds(settings).items():
         thresholds.labels(alert).set(value)
     registry.register(SupervisorCollector(supervisor))
+    if remote is not None and remote.names():
+        registry.register(RemoteCollector(remote))
     supervisor.add_listener(FailureCounter(error_metrics(registry)))
 
 
@@ -120,6 +125,35 @@ def tree_cpu_seconds(pid: int) -> float | None:
     except psutil.Error:
         return None
     return total
+
+
+class RemoteCollector(Collector):
+    """State, workers and jobs of every remote (RunPod) service, as its last /health probe saw them."""
+
+    def __init__(self, remote: RemoteServices) -> None:
+        self._remote = remote
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "ultravox_remote_state", "1 for the state each remote service is in now (REMOTE_READY, REMOTE_COLD, "
+            "REMOTE_DOWN, REMOTE_UNKNOWN), 0 for the others.", labels=["service", "state", "endpoint"],
+        )
+        workers = GaugeMetricFamily(
+            "ultravox_remote_workers", "Workers of each remote endpoint by RunPod's kind (idle, running, "
+            "initializing...).", labels=["service", "kind"],
+        )
+        jobs = GaugeMetricFamily(
+            "ultravox_remote_jobs", "Jobs of each remote endpoint by RunPod's kind (inQueue, inProgress...).",
+            labels=["service", "kind"],
+        )
+        for st in self._remote.statuses():
+            for s in RemoteState:
+                state.add_metric([st.name, s.value, st.endpoint], 1.0 if s is st.state else 0.0)
+            for kind, n in st.workers.items():
+                workers.add_metric([st.name, kind], float(n))
+            for kind, n in st.jobs.items():
+                jobs.add_metric([st.name, kind], float(n))
+        yield from (state, workers, jobs)
 
 
 class SupervisorCollector(Collector):

@@ -26,7 +26,7 @@ _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
 
 
 def install_metrics(rt: MainRuntime) -> None:
-    install_main_metrics(rt.ctx, rt.supervisor)
+    install_main_metrics(rt.ctx, rt.supervisor, rt.remote)
 
 
 @router.get("/health")
@@ -64,10 +64,8 @@ async def list_services(request: Request) -> list[dict[str, Any]]:
 @router.get("/services/{name}")
 async def describe_service(name: str, request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
-    if name in rt.remote:
-        out = rt.remote.status(name).to_dict()
-    else:
-        out = rt.supervisor.status(name).to_dict()
+    status = rt.remote.status(name) if name in rt.remote else rt.supervisor.status(name)
+    out = status.to_dict()
     cfg = rt.ctx.settings.services[name]
     out["config"] = cfg.model_dump(mode="json", exclude={"env"})
     return out
