@@ -40,9 +40,21 @@ def test_profile_overrides_merge_options_and_device() -> None:
     assert stt.device == "cuda"
     assert stt.options["compute_type"] == "float16"
     assert stt.options["max_audio_s"] == 600  # kept from services.yaml
-    runpod = load_settings(env={}, profile="runpod").services["stt"]
+    runpod = load_settings(env={}, profile="runpod").services["tts"]
     assert runpod.remote is not None and runpod.remote.kind == "runpod"
     assert runpod.remote.api_key_env == "RUNPOD_API_KEY"
+    assert load_settings(env={}, profile="runpod").services["stt"].remote is None  # live STT stays local
+
+
+def test_the_three_runpod_variables_reach_their_fields() -> None:
+    env = {"UV_TTS_ENDPOINT_ID": "abc123", "UV_TTS_BASE_URL": "http://127.0.0.1:9/v2",
+           "UV_LLM_BASE_URL": "https://api.runpod.ai/v2/xyz/openai/v1"}
+    s = load_settings(env=env, profile="runpod")
+    tts, llm = s.services["tts"], s.services["llm"]
+    assert tts.remote is not None and (tts.remote.endpoint_id, tts.remote.base_url) == ("abc123", "http://127.0.0.1:9/v2")
+    assert tts.remote.queue_timeout_s == 90  # the profile's other remote fields are kept
+    assert llm.options["base_url"] == env["UV_LLM_BASE_URL"] and llm.options["max_queue"] == 32
+    assert llm.remote is None
 
 
 def test_env_overrides_profile_port_and_service_fields() -> None:

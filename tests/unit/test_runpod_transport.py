@@ -153,7 +153,7 @@ async def test_a_job_stuck_in_queue_is_cancelled_and_reported_as_a_cold_start() 
 async def test_the_deadline_cancels_a_running_job() -> None:
     api = Api({"runsync": [{"id": "j4", "status": "IN_PROGRESS"}], "status": [{"id": "j4", "status": "IN_PROGRESS"}],
                "cancel": [{"id": "j4", "status": "CANCELLED"}]})
-    with pytest.raises(DeadlineExceeded, match="still running|deadline passed"):
+    with pytest.raises(DeadlineExceeded, match=r"still running|deadline passed"):
         await unary(api, deadline_s=0.2)
     assert api.paths()[-1] == "POST /v2/ep1/cancel/j4"
 
@@ -231,9 +231,9 @@ def test_health_verdicts() -> None:
 
 
 async def test_a_missing_key_is_remote_down_with_what_to_do() -> None:
-    remote = RemoteServices(runpod_ctx(UV_STT_ENDPOINT_ID="abc"), env={})
-    assert "stt" in remote and remote.endpoint("stt").remote.endpoint_id == "abc"  # type: ignore[union-attr]
-    st = await remote.probe("stt")
+    remote = RemoteServices(runpod_ctx(UV_TTS_ENDPOINT_ID="abc"), env={})
+    assert "tts" in remote and "stt" not in remote and remote.endpoint("tts").remote.endpoint_id == "abc"  # type: ignore[union-attr]
+    st = await remote.probe("tts")
     assert st.state is RemoteState.DOWN and "$RUNPOD_API_KEY is not set" in st.last_error
     assert st.to_dict()["endpoint"] == "https://api.runpod.ai/v2/abc"
     await remote.close()
@@ -249,6 +249,6 @@ async def test_the_hub_reaches_a_runpod_service_over_runpod_only() -> None:
 
     async with CommunicationManager(ctx, Resolver()) as hub:
         with pytest.raises(InvalidArgument, match="over protocol 'runpod' only"):
-            await hub.call("stt", "Info", {}, protocol="grpc")
-        assert hub.endpoint("stt").api_key == KEY and KEY not in repr(hub.endpoint("stt"))
+            await hub.call("tts", "Info", {}, protocol="grpc")
+        assert hub.endpoint("tts").api_key == KEY and KEY not in repr(hub.endpoint("tts"))
     await remote.close()

@@ -2,7 +2,9 @@
 
 Env overrides: ``PROFILE`` picks the profile, ``PORT``/``HOST`` set the gateway, and
 ``UV_<SERVICE>_<FIELD>`` sets one service field (``UV_STT_GRPC_PORT=0``, ``UV_STT_MODEL=/m``,
-``UV_STT_ENABLED=false``). Errors name the file, the dotted key and the reason.
+``UV_STT_ENABLED=false``). A remote service also takes ``UV_<SERVICE>_ENDPOINT_ID`` and
+``UV_<SERVICE>_BASE_URL``; a local one, ``UV_<SERVICE>_BASE_URL`` for ``options.base_url`` (the
+upstream of engine openai). Errors name the file, the dotted key and the reason.
 """
 
 from __future__ import annotations
@@ -72,10 +74,12 @@ def _validation_error(path: Path, prefix: str, e: ValidationError) -> ConfigErro
 def _env_override(name: str, env: Mapping[str, str], remote: Mapping[str, Any] | None) -> dict[str, Any]:
     prefix = f"UV_{name.upper().replace('-', '_')}_"
     out: dict[str, Any] = {f: env[prefix + f.upper()] for f in _ENV_FIELDS if prefix + f.upper() in env}
-    if remote is not None:  # a remote service's endpoint: UV_STT_ENDPOINT_ID, UV_STT_BASE_URL
+    if remote is not None:  # a remote service's endpoint: UV_TTS_ENDPOINT_ID, UV_TTS_BASE_URL
         over = {f: env[prefix + f.upper()] for f in _REMOTE_ENV_FIELDS if prefix + f.upper() in env}
         if over:
             out["remote"] = {**remote, **over}
+    elif prefix + "BASE_URL" in env:  # a local proxy of an OpenAI-compatible API (engine openai)
+        out["options"] = {"base_url": env[prefix + "BASE_URL"]}
     return out
 
 
@@ -176,6 +180,7 @@ def _load_services(
         env_over = _env_override(sname, env, merged.get("remote"))
         where = str(spath)
         if env_over:
+            merged["options"] = {**merged.get("options", {}), **env_over.pop("options", {})}
             merged.update(env_over)
             where = f"{spath} (with env overrides {', '.join(f'UV_{sname.upper()}_{k.upper()}' for k in env_over)})"
         try:
