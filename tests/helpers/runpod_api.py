@@ -24,7 +24,8 @@ shows no ready worker, jobs wait ``IN_QUEUE``), as a scaled-to-zero endpoint doe
 
 Run with a ``<role>-runpod`` venv's Python:
 ``python tests/helpers/runpod_api.py stt --port 8000 --api-key KEY [--endpoint-id ep-stt]``.
-``GET /ping`` (not a RunPod route) answers once the model is loaded.
+``GET /ping`` and ``GET /stats`` (not RunPod routes) answer once the model is loaded; ``/stats``
+counts cancelled jobs.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Endpoint:
         self.busy = 0
         self.workers = workers
         self.counts = {"completed": 0, "failed": 0, "retried": 0}
+        self.cancelled = 0
 
     def start(self) -> None:
         for _ in range(self.workers):
@@ -144,6 +146,8 @@ class Endpoint:
             self.counts["completed"] += 1
         elif job.status in ("FAILED", "TIMED_OUT"):
             self.counts["failed"] += 1
+        elif job.status == "CANCELLED":
+            self.cancelled += 1
         job.done.set()
         job.changed.set()
 
@@ -189,6 +193,10 @@ def build_app(ep: Endpoint, endpoint_id: str, api_key: str) -> FastAPI:
     @app.get("/ping")
     async def ping() -> dict[str, str]:
         return {"ok": "ready"}
+
+    @app.get("/stats")  # not a RunPod route: what tests check after a barge-in
+    async def stats() -> dict[str, Any]:
+        return {"cancelled": ep.cancelled, "jobs": len(ep.jobs), **ep.health()["jobs"]}
 
     @app.post("/v2/{eid}/run")
     async def run(eid: str, request: Request) -> Any:

@@ -139,6 +139,12 @@ async def test_ensure_builds_once_streams_progress_and_prunes_stale(paths: Paths
     stale = paths.venvs / "stt-0123456789ab"
     other = paths.venvs / "stt2-0123456789ab"  # another service's venv: never touched
     stale.mkdir(parents=True)
+    (stale / READY_MARKER).write_text('{"extra": "stt"}')
+    other_extra = paths.venvs / "stt-ba9876543210"  # the same service for another profile: kept
+    other_extra.mkdir()
+    (other_extra / READY_MARKER).write_text('{"extra": "stt-gpu"}')
+    leftover = paths.venvs / "stt-aaaaaaaaaaaa"  # half-built (no marker): removed
+    leftover.mkdir()
     other.mkdir()
     venv = await b.ensure(cfg)
     assert (venv / READY_MARKER).is_file() and venv == b.venv_path(cfg)
@@ -152,7 +158,7 @@ async def test_ensure_builds_once_streams_progress_and_prunes_stale(paths: Paths
     assert "[stt venv] CMAKE_ARGS=-DX=1" in out  # the service env reaches the build
     log = (paths.logs / "stt.install.log").read_text()
     assert "Installed 3 packages" in log and f"uv venv --python /usr/bin/python3.11-fake {venv}" in log
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and not leftover.exists() and other.exists() and other_extra.exists()
     console.truncate(0)
     assert await b.ensure(cfg) == venv  # reused: uv not run again
     assert "up to date" in console.getvalue() and "Resolved" not in console.getvalue()

@@ -116,6 +116,15 @@ def find_uv() -> str:
     )
 
 
+def _extra_of(venv: Path) -> str | None:
+    """The extra a ready venv was built with; None for a half-built one (no marker)."""
+    try:
+        doc = json.loads((venv / READY_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(doc.get("extra", "")) if isinstance(doc, dict) else None
+
+
 class VenvBuilder:
     """Creates, reuses and prunes service venvs. Progress goes to ``console`` and an install log."""
 
@@ -324,11 +333,16 @@ class VenvBuilder:
             )
 
     def stale_venvs(self, config: ServiceConfig, keep: Path) -> list[Path]:
-        """Other venvs of the same service (older requirement hashes)."""
+        """Other venvs of the same service and extra (older pins), and half-built leftovers.
+
+        A venv of the same service with another extra belongs to another profile (llm-cpu for
+        local-pc, llm-api for runpod): it stays, and may be in use right now.
+        """
         pattern = re.compile(rf"^{re.escape(config.name)}-[0-9a-f]{{12}}$")
         if not self._paths.venvs.is_dir():
             return []
-        return [p for p in self._paths.venvs.iterdir() if p != keep and p.is_dir() and pattern.match(p.name)]
+        return [p for p in self._paths.venvs.iterdir()
+                if p != keep and p.is_dir() and pattern.match(p.name) and _extra_of(p) in (config.extra, None)]
 
     async def _prune(self, config: ServiceConfig, keep: Path) -> None:
         for old in await asyncio.to_thread(self.stale_venvs, config, keep):
