@@ -134,7 +134,8 @@ async def test_a_spoken_turn_is_answered_with_tts_from_the_runpod_worker(
     stack: tuple[MainProcess, RunpodWorker],
 ) -> None:
     main, _ = stack
-    async with Client.open(main, {"sample_rate": OUT_RATE}) as c:
+    # Piper's English voice (the worker loads Kokoro and Piper): Whisper hears it word for word
+    async with Client.open(main, {"sample_rate": OUT_RATE, "voice": "en_US-joe-medium"}) as c:
         c.speak(silence(0.3) + speech(QUESTION))
         done = await c.wait("turn_complete", timeout=240)
     final = c.events("transcript")[-1]
