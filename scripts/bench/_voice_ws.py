@@ -85,12 +85,15 @@ class VoiceClient:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, url: str, out_rate: int, *, within_s: float = 30) -> AsyncIterator[VoiceClient]:
+    async def open(
+        cls, url: str, out_rate: int, *, within_s: float = 30, voice: str | None = None
+    ) -> AsyncIterator[VoiceClient]:
         async with connect(url, max_size=None, open_timeout=within_s) as ws:
             client = cls(ws, out_rate)
             client._tasks = [asyncio.create_task(client._read())]
             try:
-                await ws.send(json.dumps({"type": "config", "sample_rate": out_rate}))
+                config = {"type": "config", "sample_rate": out_rate, **({"voice": voice} if voice else {})}
+                await ws.send(json.dumps(config))
                 await client.wait_for(lambda: client.events("ready"), within_s, "ready")
                 client._tasks.append(asyncio.create_task(client._mic()))
                 yield client

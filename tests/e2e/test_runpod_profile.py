@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.runpod_workers import KEY, RunpodWorker
-from tests.helpers.service_process import free_port, service_python
+from tests.helpers.runpod_workers import KEY, OpenAIUpstream, RunpodWorker
 from tests.helpers.speech import Pcm, convert, pcm_to_wav, speech_bytes
 from tests.helpers.stack import ROOT, MainProcess, dump_logs, stack_env
 from tests.helpers.text import word_error_rate
@@ -49,47 +46,11 @@ def speech(text: str) -> bytes:
     return convert(speech_bytes(text), 16000, 1).data
 
 
-class Upstream:
-    """The LLM service standalone: an OpenAI-compatible /v1 with ``KEY`` as its bearer token."""
-
-    def __init__(self, log: Path) -> None:
-        self.port, self.log = free_port(), log
-        env = {**os.environ, "UV_INTERNAL_TOKEN": KEY, "UV_LLM_HTTP_PORT": str(self.port),
-               "UV_LLM_GRPC_PORT": str(free_port()), "UV_LOG_FORMAT": "text"}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen([service_python("llm"), "-m", "services.llm", "--standalone"], cwd=ROOT,
-                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def model(self, timeout: float = 900) -> str:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                r = httpx.get(f"{self.base_url}/models", headers={"authorization": f"Bearer {KEY}"}, timeout=5,
-                              trust_env=False)
-                if r.status_code == 200:
-                    return str(r.json()["data"][0]["id"])
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("the upstream LLM never served /v1/models:\n" + self.log.read_text()[-3000:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MainProcess, RunpodWorker]]:
     var = tmp_path_factory.mktemp("runpod-e2e")
     tts = RunpodWorker("tts", var / "log" / "runpod-tts-worker.log", api="production").start()
-    llm = Upstream(var / "log" / "runpod-llm-upstream.log")
+    llm = OpenAIUpstream(var / "log" / "runpod-llm-upstream.log")
     main: MainProcess | None = None
     ok = False
     try:

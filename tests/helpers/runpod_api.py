@@ -25,7 +25,7 @@ shows no ready worker, jobs wait ``IN_QUEUE``), as a scaled-to-zero endpoint doe
 Run with a ``<role>-runpod`` venv's Python:
 ``python tests/helpers/runpod_api.py stt --port 8000 --api-key KEY [--endpoint-id ep-stt]``.
 ``GET /ping`` and ``GET /stats`` (not RunPod routes) answer once the model is loaded; ``/stats``
-counts cancelled jobs.
+counts cancelled jobs and lists the last jobs' queueing and execution times.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class Endpoint:
         self.workers = workers
         self.counts = {"completed": 0, "failed": 0, "retried": 0}
         self.cancelled = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=200)
 
     def start(self) -> None:
         for _ in range(self.workers):
@@ -142,6 +143,8 @@ class Endpoint:
 
     def _finish(self, job: Job) -> None:
         job.finished = time.monotonic()
+        self.recent.append({"op": job.input.get("op"), "status": job.status, **{
+            k: v for k, v in job.view().items() if k in ("delayTime", "executionTime")}})
         if job.status == "COMPLETED":
             self.counts["completed"] += 1
         elif job.status in ("FAILED", "TIMED_OUT"):
@@ -196,7 +199,7 @@ def build_app(ep: Endpoint, endpoint_id: str, api_key: str) -> FastAPI:
 
     @app.get("/stats")  # not a RunPod route: what tests check after a barge-in
     async def stats() -> dict[str, Any]:
-        return {"cancelled": ep.cancelled, "jobs": len(ep.jobs), **ep.health()["jobs"]}
+        return {"cancelled": ep.cancelled, "jobs": len(ep.jobs), "recent": list(ep.recent), **ep.health()["jobs"]}
 
     @app.post("/v2/{eid}/run")
     async def run(eid: str, request: Request) -> Any:

@@ -103,4 +103,48 @@ class RunpodWorker:
             return "(no log)"
 
 
-__all__ = ["KEY", "RunpodWorker", "worker_python"]
+class OpenAIUpstream:
+    """The LLM service standalone: an OpenAI-compatible ``/v1`` with ``KEY`` as its bearer token.
+
+    It stands in for RunPod's vLLM worker behind its OpenAI route, which the ``runpod`` profile's
+    LLM service (engine openai) proxies.
+    """
+
+    def __init__(self, log: Path) -> None:
+        from tests.helpers.service_process import service_python
+
+        self.port, self.log = free_port(), log
+        env = {**os.environ, "UV_INTERNAL_TOKEN": KEY, "UV_LLM_HTTP_PORT": str(self.port),
+               "UV_LLM_GRPC_PORT": str(free_port()), "UV_LOG_FORMAT": "text"}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([service_python("llm"), "-m", "services.llm", "--standalone"], cwd=ROOT,
+                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def model(self, timeout: float = 900) -> str:
+        """The id it serves, once ``/v1/models`` answers (the model is loaded)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError("the upstream LLM exited:\n" + self.log.read_text()[-3000:])
+            try:
+                r = httpx.get(f"{self.base_url}/models", headers={"authorization": f"Bearer {KEY}"}, timeout=5,
+                              trust_env=False)
+                if r.status_code == 200:
+                    return str(r.json()["data"][0]["id"])
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("the upstream LLM never served /v1/models:\n" + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+__all__ = ["KEY", "OpenAIUpstream", "RunpodWorker", "worker_python"]

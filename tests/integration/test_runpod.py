@@ -55,10 +55,11 @@ def log_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[dict[str, RunpodWorker]]:
-    """TTS and STT under the SDK's local server, TTS under the production double."""
+    """TTS, STT and the LLM under the SDK's local server, TTS under the production double."""
     ws = {
         "tts-sdk": RunpodWorker("tts", log_dir() / "tts-sdk.log"),
         "stt-sdk": RunpodWorker("stt", log_dir() / "stt-sdk.log"),
+        "llm-sdk": RunpodWorker("llm", log_dir() / "llm-sdk.log"),
         "tts-prod": RunpodWorker("tts", log_dir() / "tts-prod.log", api="production"),
     }
     try:
@@ -96,6 +97,7 @@ async def hub(workers: dict[str, RunpodWorker]) -> AsyncIterator[CommunicationMa
     eps = {
         "tts-sdk": endpoint("tts-sdk", "tts", workers["tts-sdk"]),
         "stt-sdk": endpoint("stt-sdk", "stt", workers["stt-sdk"]),
+        "llm-sdk": endpoint("llm-sdk", "llm", workers["llm-sdk"]),
         "tts-prod": endpoint("tts-prod", "tts", workers["tts-prod"]),
         "tts-badkey": dataclasses.replace(endpoint("tts-badkey", "tts", workers["tts-prod"]), api_key="wrong"),
         "tts-noid": endpoint("tts-noid", "tts", workers["tts-prod"], endpoint_id="ep-nope"),
@@ -130,13 +132,27 @@ async def test_sdk_server_bad_input_is_a_job_error_and_the_worker_keeps_serving(
     assert (await hub.call("stt-sdk", "Info", {})).ready
 
 
-@pytest.mark.parametrize("role", ["stt", "tts"])
+async def test_sdk_server_llm_generate_streams_tokens(hub: CommunicationManager) -> None:
+    chunks = [c async for c in hub.stream("llm-sdk", "Generate", {
+        "messages": [{"role": "user", "content": "What is the capital of France? One short sentence."}],
+        "max_tokens": 24, "temperature": 0})]
+    text = "".join(c.delta for c in chunks)
+    assert len(chunks) >= 3 and "paris" in text.lower() and chunks[-1].finish_reason, text
+
+
+OPS = {"stt": "Transcribe", "tts": "Synthesize", "llm": "Generate"}
+
+
+@pytest.mark.parametrize("role", ["stt", "tts", "llm"])
 def test_raw_bad_jobs_never_kill_the_worker(workers: dict[str, RunpodWorker], role: str) -> None:
     base = workers[f"{role}-sdk"].base_url
     bad = [{"op": "Nope"}, {"body": {}}, {"op": "Info", "body": "text"}, {"op": "StreamingRecognize"},
-           {"op": "Transcribe" if role == "stt" else "Synthesize", "body": {"no_such_field": 1}}]
+           {"op": OPS[role], "body": {"no_such_field": 1}}, {"op": OPS[role], "body": {}}, "just a string"]
     for inp in bad:
         r = httpx.post(f"{base}/runsync", json={"input": inp}, timeout=60, trust_env=False)
+        if not isinstance(inp, dict):  # the SDK's own server refuses a non-object input itself
+            assert r.status_code == 422, r.text
+            continue
         assert r.status_code == 200, r.text
         (out,) = r.json()["output"]
         assert set(out["error"]) == {"code", "message"} and out["error"]["message"], out

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from core.cli.app import _remote_summary
 from core.config import load_settings
 from core.config.models import RemoteEndpoint
 from core.context import GlobalContext, ProcessContext
@@ -27,6 +30,9 @@ from core.errors import (
     TransportError,
     Unauthenticated,
 )
+from core.gateway.app import install_error_handlers
+from core.gateway.routes import control
+from core.gateway.runtime import MainRuntime
 from core.managers.endpoint import Endpoint
 from core.managers.hub import CommunicationManager
 from core.managers.hub.transports.base import StreamCall, UnaryCall
@@ -34,6 +40,7 @@ from core.managers.hub.transports.runpod import RunpodTransport, job_error
 from core.managers.remote import RemoteServices, RemoteState
 from core.managers.remote.services import verdict
 from core.wire import operation
+from tests.unit.test_metrics_main import FakeSupervisor
 
 KEY = "sk-secret-runpod-key-123"
 INFO = operation("tts", "Info")
@@ -252,3 +259,35 @@ async def test_the_hub_reaches_a_runpod_service_over_runpod_only() -> None:
             await hub.call("tts", "Info", {}, protocol="grpc")
         assert hub.endpoint("tts").api_key == KEY and KEY not in repr(hub.endpoint("tts"))
     await remote.close()
+
+
+async def test_a_down_endpoint_shows_in_health_services_metrics_and_sm(tmp_path: Path) -> None:
+    """The control API as `sm` reads it, with the runpod profile's TTS endpoint down (no key)."""
+    ctx = runpod_ctx(UV_TTS_ENDPOINT_ID="abc")
+    remote = RemoteServices(ctx, env={})
+    await remote.probe("tts")
+    rt = MainRuntime(ctx=ctx, supervisor=FakeSupervisor([]), hub=None, remote=remote)  # type: ignore[arg-type]
+    rt.booted = True
+    control.install_metrics(rt)
+    app = FastAPI()
+    app.include_router(control.router)
+    app.state.runtime = rt
+    install_error_handlers(app)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+        health = await c.get("/health")
+        rows = (await c.get("/services")).json()
+        stop = await c.post("/services/tts/stop")
+        logs = await c.get("/services/tts/logs")
+        metrics = (await c.get("/metrics")).text
+    await rt.proxy_client.aclose()
+    await remote.close()
+    assert health.status_code == 503
+    assert "$RUNPOD_API_KEY is not set" in health.json()["remote_errors"]["tts"]
+    (row,) = rows
+    assert row["state"] == "REMOTE_DOWN" and row["endpoint"] == "https://api.runpod.ai/v2/abc" and row["remote"]
+    assert stop.status_code == 400 and "RunPod starts and stops its workers" in stop.text
+    assert logs.status_code == 400 and "RunPod console" in logs.text
+    series = 'ultravox_remote_state{endpoint="https://api.runpod.ai/v2/abc",service="tts",state="REMOTE_DOWN"} 1.0'
+    assert series in metrics
+    line = _remote_summary(row)
+    assert "runpod https://api.runpod.ai/v2/abc" in line and "RUNPOD_API_KEY" in line
