@@ -189,7 +189,10 @@ def build_app(ep: Endpoint, endpoint_id: str, api_key: str) -> FastAPI:
             return JSONResponse({"error": f"endpoint {eid} not found"}, status_code=404)
         return None
 
-    def job_or_404(jid: str) -> Job | JSONResponse:
+    def job_of(request: Request, eid: str, jid: str) -> Job | JSONResponse:
+        """The job a /status, /stream or /cancel names, or the refusal (401, 404) to send."""
+        if (r := refuse(request, eid)) is not None:
+            return r
         job = ep.jobs.get(jid)
         return job if job is not None else JSONResponse({"error": "job not found"}, status_code=404)
 
@@ -201,40 +204,37 @@ def build_app(ep: Endpoint, endpoint_id: str, api_key: str) -> FastAPI:
     async def stats() -> dict[str, Any]:
         return {"cancelled": ep.cancelled, "jobs": len(ep.jobs), "recent": list(ep.recent), **ep.health()["jobs"]}
 
-    @app.post("/v2/{eid}/run")
-    async def run(eid: str, request: Request) -> Any:
+    async def submitted(request: Request, eid: str) -> Job | JSONResponse:
+        """The job a /run or /runsync body asks for, queued; or the refusal (401, 404, 400) to send."""
         if (r := refuse(request, eid)) is not None:
             return r
         body = await request.json()
         if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
             return JSONResponse({"error": 'the body must be {"input": {...}}'}, status_code=400)
-        job = ep.submit(body)
-        return {"id": job.id, "status": job.status}
+        return ep.submit(body)
+
+    @app.post("/v2/{eid}/run")
+    async def run(eid: str, request: Request) -> Any:
+        job = await submitted(request, eid)
+        return job if isinstance(job, JSONResponse) else {"id": job.id, "status": job.status}
 
     @app.post("/v2/{eid}/runsync")
     async def runsync(eid: str, request: Request, wait: int = 90_000) -> Any:
-        if (r := refuse(request, eid)) is not None:
-            return r
-        body = await request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
-            return JSONResponse({"error": 'the body must be {"input": {...}}'}, status_code=400)
-        job = ep.submit(body)
+        job = await submitted(request, eid)
+        if isinstance(job, JSONResponse):
+            return job
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(job.done.wait(), max(1, min(wait, 300_000)) / 1000)
         return job.view()
 
     @app.get("/v2/{eid}/status/{jid}")
     async def status(eid: str, jid: str, request: Request) -> Any:
-        if (r := refuse(request, eid)) is not None:
-            return r
-        job = job_or_404(jid)
+        job = job_of(request, eid, jid)
         return job if isinstance(job, JSONResponse) else job.view()
 
     @app.get("/v2/{eid}/stream/{jid}")
     async def stream(eid: str, jid: str, request: Request) -> Any:
-        if (r := refuse(request, eid)) is not None:
-            return r
-        job = job_or_404(jid)
+        job = job_of(request, eid, jid)
         if isinstance(job, JSONResponse):
             return job
         if not job.unread and job.status not in TERMINAL:  # a short long-poll, as production does
@@ -249,9 +249,7 @@ def build_app(ep: Endpoint, endpoint_id: str, api_key: str) -> FastAPI:
 
     @app.post("/v2/{eid}/cancel/{jid}")
     async def cancel(eid: str, jid: str, request: Request) -> Any:
-        if (r := refuse(request, eid)) is not None:
-            return r
-        job = job_or_404(jid)
+        job = job_of(request, eid, jid)
         if isinstance(job, JSONResponse):
             return job
         ep.cancel(job)
