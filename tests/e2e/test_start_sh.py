@@ -58,6 +58,11 @@ def test_sm_list_and_health(started: MainProcess) -> None:
     assert "faster-whisper" in desc
     logs = _sm(started.url, "logs", "stt", "-n", "5").stdout
     assert logs.strip()
+    profiles = _sm(started.url, "profile", "list").stdout
+    assert "* local-pc" in profiles and "  gpu-machine" in profiles
+    shown = json.loads(_sm(started.url, "--json", "profile", "show", "gpu-machine").stdout)
+    assert shown["changes"]["llm"]["engine"] == {"active": "llama.cpp", "new": "vllm"}
+    assert "would change llm" in _sm(started.url, "profile", "show", "gpu-machine").stdout
 
 
 def test_openai_sdk_transcribes_chats_and_speaks_through_main(started: MainProcess, speech_wav: Any) -> None:

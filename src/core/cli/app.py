@@ -1,4 +1,4 @@
-"""``sm`` commands: list, describe, health, start, stop, restart, logs, call.
+"""``sm`` commands: list, describe, health, start, stop, restart, logs, call, profile list|show.
 
 Finds main through ``--url`` or ``SM_URL`` (default http://127.0.0.1:8080). ``--json`` prints
 machine-readable output for scripts.
@@ -207,6 +207,44 @@ def call(
         body["deadline_s"] = deadline
     r = _client(st).post("/call", json=body)
     _print_json(r if st.as_json else r["response"])
+
+
+profile_app = typer.Typer(help="List the profiles and show what one would change.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("list")
+def profile_list(ctx: typer.Context) -> None:
+    """Profiles in config/profiles.yaml; * marks the active one."""
+    st: _State = ctx.obj
+    rows = _client(st).get("/api/profiles")
+    if st.as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        typer.echo(f"{mark} {r['name']:<14}{r['device']:<6}{r['description'][:90]}")
+
+
+@profile_app.command("show")
+def profile_show(ctx: typer.Context, name: str) -> None:
+    """A profile's effective config per service, and what differs from the active profile."""
+    st: _State = ctx.obj
+    info = _client(st).get(f"/api/profiles/{name}")
+    if st.as_json:
+        _print_json(info)
+        return
+    active = " (active)" if info["active"] else f" (active: {info['active_profile']})"
+    typer.echo(f"{info['name']}{active}: {info['description']}")
+    for svc, cfg in info["services"].items():
+        where = f"remote {cfg['remote']['kind']}" if cfg.get("remote") else f"{cfg['device']}, extra {cfg['extra']}"
+        typer.echo(f"  {svc:<6}{cfg['engine']} {cfg['model']} ({where}){'' if cfg['enabled'] else ' disabled'}")
+    changes = info["changes"]
+    if not changes:
+        typer.echo("no change against the active profile")
+    for svc, fields in changes.items():
+        typer.echo(f"  would change {svc}: " + "; ".join(
+            f"{f} {json.dumps(v['active'])} -> {json.dumps(v['new'])}" for f, v in fields.items()))
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from core.gateway.routes import (
     openai_chat,
     openai_speech,
     polling,
+    profiles,
     sessions,
     voice_ws,
     webrtc,
@@ -219,5 +220,6 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     app.include_router(voice_ws.router)
     app.include_router(webrtc.router)
     app.include_router(monitoring.router)
+    app.include_router(profiles.router)
     app.include_router(demo.router)  # last: it serves "/" and the page's static files
     return app
