@@ -101,6 +101,7 @@ async def hub(workers: dict[str, RunpodWorker]) -> AsyncIterator[CommunicationMa
         "tts-prod": endpoint("tts-prod", "tts", workers["tts-prod"]),
         "tts-badkey": dataclasses.replace(endpoint("tts-badkey", "tts", workers["tts-prod"]), api_key="wrong"),
         "tts-noid": endpoint("tts-noid", "tts", workers["tts-prod"], endpoint_id="ep-nope"),
+        "tts-poll": endpoint("tts-poll", "tts", workers["tts-prod"], runsync_wait_s=1.0),
     }
     ctx = ProcessContext(GlobalContext.create(load_settings()), "runpod-it")
     async with CommunicationManager(ctx, Resolver(eps), config=HUB) as h:
@@ -162,7 +163,9 @@ def test_raw_bad_jobs_never_kill_the_worker(workers: dict[str, RunpodWorker], ro
 
 # ---- RunPod's production API (the double) ---------------------------------------------------------
 
-async def test_production_api_unary_stream_and_errors(hub: CommunicationManager) -> None:
+async def test_production_api_unary_stream_and_errors(
+    hub: CommunicationManager, workers: dict[str, RunpodWorker]
+) -> None:
     info = await hub.call("tts-prod", "Info", {})
     assert info.ready and info.engine
     got: list[float] = []
@@ -171,6 +174,12 @@ async def test_production_api_unary_stream_and_errors(hub: CommunicationManager)
         got.append(time.monotonic() - t0)
         assert c.audio
     assert len(got) >= 3 and got[0] < got[-1]  # chunks arrive as they are made, not all at the end
+    # /runsync gives up after 1 s with the job IN_PROGRESS; the transport polls GET /status to the end
+    long = await hub.call("tts-poll", "Synthesize", {"text": LONG_TEXT * 2, "format": "pcm"})
+    assert len(long.audio) > 24000 * 2 * 5
+    async with httpx.AsyncClient(trust_env=False) as c:
+        recent = (await c.get(f"http://127.0.0.1:{workers['tts-prod'].port}/stats")).json()["recent"]
+    assert any(j["op"] == "Synthesize" and j["executionTime"] > 1000 for j in recent), recent  # it outlived /runsync
     with pytest.raises(InvalidArgument, match=r"RunPod job .* at http://127.0.0.1:\d+/v2/ep-tts"):
         await hub.call("tts-prod", "Synthesize", {"text": ""})
     with pytest.raises(Unauthenticated, match=r"refused the API key.*RUNPOD_API_KEY"):
