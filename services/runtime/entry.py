@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 from pathlib import Path
@@ -67,6 +68,9 @@ def _context(args: argparse.Namespace) -> ServiceContext:
 
 def service_main(default_service: str, factory: ServiceFactory, argv: list[str] | None = None) -> int:
     """Run one service process to completion and return its exit code."""
+    # A crash in native code (gRPC, onnxruntime, CTranslate2, llama.cpp) then prints every
+    # thread's Python stack to the service log instead of leaving only "exit -11".
+    faulthandler.enable(all_threads=True)
     args = _parser(default_service).parse_args(argv)
     configure_logging(args.service, args.log_level)
     log = logging.getLogger(f"ultravox.{args.service}")

@@ -23,6 +23,7 @@ operations (StreamingRecognize) cannot travel as a job; they are refused with a 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None, default_role: str | None = None) -> int:
     p.add_argument("--service", default=None, help="service name in services.yaml (default: the role)")
     p.add_argument("--log-level", default=os.environ.get("UV_LOG_LEVEL", "INFO"))
     args, rest = p.parse_known_args(argv)
+    faulthandler.enable(all_threads=True)  # a native crash prints every thread's stack to the log
     configure_logging(args.service or args.role, args.log_level)
     try:
         worker = build_worker(args.role, service=args.service)
