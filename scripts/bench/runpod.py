@@ -29,25 +29,15 @@ import base64
 import json
 import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from scripts.bench._side_by_side import OUT_RATE, print_table, say, side_by_side, summary
 from scripts.bench._voice_report import dist
-from scripts.bench._voice_speech import QUESTIONS, make_utterances
 from scripts.bench._voice_stack import ROOT, MainStack
-from scripts.bench._voice_ws import VoiceClient
 from tests.helpers.runpod_workers import KEY, OpenAIUpstream, RunpodWorker
-
-OUT_RATE = 24000
-VOICE = "en_US-joe-medium"
-STAGES = ("stt_s", "llm_first_token_s", "first_chunk_s", "tts_first_audio_s", "voice_to_voice_s")
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def base64_cost(audio_s: float, rounds: int = 20) -> dict[str, float]:
@@ -67,46 +57,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     tts = RunpodWorker("tts", var / "tts-worker.log", api="production")
     await asyncio.to_thread(tts.start)
     llm = await asyncio.to_thread(OpenAIUpstream, var / "llm-upstream.log")
-    model = await asyncio.to_thread(llm.model)
-    llm_base = llm.base_url
-    await asyncio.to_thread(tts.wait_ready)
-    local, remote = MainStack(var / "local-pc"), MainStack(var / "runpod")
-    remote.env.update(PROFILE="runpod", RUNPOD_API_KEY=KEY, UV_TTS_BASE_URL=tts.base_url, UV_TTS_ENDPOINT_ID="ep-tts",
-                      UV_LLM_BASE_URL=llm_base, UV_LLM_MODEL=model)
-    stacks = {"local-pc": local, "runpod": remote}
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in stacks}
     try:
-        for s in stacks.values():
-            s.start()
-        for s in stacks.values():
-            await s.wait_healthy(1800)
-        say("both mains are up; making the speech")
-        async with httpx.AsyncClient(timeout=120) as http:
-            utts = await make_utterances(http, local.url, list(QUESTIONS[: args.utterances]), {"piper": VOICE})
-        for i, utt in enumerate(utts):
-            order = list(stacks.items()) if i % 2 == 0 else list(reversed(stacks.items()))
-            for name, s in order:
-                async with VoiceClient.open(s.ws_url, OUT_RATE, voice=VOICE) as c:
-                    res = await c.turn(utt)
-                row = {"utterance": utt.id, "outcome": res.outcome, "client_v2v_s": res.client_v2v_s,
-                       "audio_s": res.audio_s, **{k: res.report.get(k) for k in STAGES}}
-                results[name].append(row)
-                say(f"{name:<9} {utt.id}: v2v {row['voice_to_voice_s']} s, tts first audio "
-                    f"{row['tts_first_audio_s']} s ({res.outcome})")
+        model = await asyncio.to_thread(llm.model)
+        await asyncio.to_thread(tts.wait_ready)
+        local, remote = MainStack(var / "local-pc"), MainStack(var / "runpod")
+        remote.env.update(PROFILE="runpod", RUNPOD_API_KEY=KEY, UV_TTS_BASE_URL=tts.base_url,
+                          UV_TTS_ENDPOINT_ID="ep-tts", UV_LLM_BASE_URL=llm.base_url, UV_LLM_MODEL=model)
+        results = await side_by_side({"local-pc": local, "runpod": remote}, args.utterances)
         async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
             jobs = (await http.get(f"http://127.0.0.1:{tts.port}/stats")).json()["recent"]
-    except Exception:
-        traceback.print_exc()
-        for s in stacks.values():
-            print(s.log_tails(40))
-        raise
     finally:
-        for s in stacks.values():
-            s.stop()
         tts.stop()
         llm.stop()
-    summary = {name: {k: dist(r.get(k) for r in rows if r["outcome"] == "ok") for k in (*STAGES, "client_v2v_s")}
-               for name, rows in results.items()}
     stream_jobs = [j for j in jobs if j.get("op") == "SynthesizeStream"]
     mean_audio = sum(r["audio_s"] for r in results["runpod"]) / max(1, len(results["runpod"]))
     extra = {
@@ -115,18 +77,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "poll_interval_s": 0.1,
         "base64": base64_cost(mean_audio),
     }
-    return {"results": results, "summary": summary, "extra": extra, "utterances": len(utts),
+    return {"results": results, "summary": summary(results), "extra": extra, "utterances": args.utterances,
             "load_avg": os.getloadavg()}
 
 
 def report(out: dict[str, Any]) -> None:
-    s = out["summary"]
-    say("\nvoice-to-voice and stages, seconds (p50 / p95), ok turns only")
-    say(f"{'stage':<22}{'local-pc':>20}{'runpod':>20}{'ratio p50':>12}")
-    for k in (*STAGES, "client_v2v_s"):
-        a, b = s["local-pc"][k], s["runpod"][k]
-        ratio = f"{b['p50'] / a['p50']:.2f}" if a["p50"] and b["p50"] else "-"
-        say(f"{k:<22}{a['p50']!s:>9} / {a['p95']!s:<8}{b['p50']!s:>9} / {b['p95']!s:<8}{ratio:>10}")
+    print_table(out["summary"])
     e = out["extra"]
     say(f"\nTTS jobs: queue p50 {e['tts_job_queue_ms']['p50']} ms, execution p50 {e['tts_job_execution_ms']['p50']} ms;"
         f" polling every {e['poll_interval_s']} s adds up to that per chunk read")
