@@ -39,8 +39,8 @@ RANGE = "$__range"
 SVC = 'service=~"$service"'
 
 # core.managers.supervisor.State, in lifecycle order (a unit test keeps this list in step).
-SERVICE_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
-STATE_COLORS = ("text", "blue", "green", "orange", "purple", "yellow", "red")
+SERVICE_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "DRAINING")
+STATE_COLORS = ("text", "blue", "green", "orange", "purple", "yellow", "red", "light-blue")
 BREAKER = {0: ("closed", "green"), 1: ("half-open", "orange"), 2: ("open", "red")}
 V2V_THRESHOLD = 'max(ultravox_alert_threshold{alert="VoiceToVoiceP95High"})'
 ERROR_THRESHOLD = 'max(ultravox_alert_threshold{alert="HighErrorRate"})'

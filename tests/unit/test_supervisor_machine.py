@@ -394,3 +394,42 @@ def test_describe_exit() -> None:
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(-200) == "killed by signal 200"
+
+
+# ---- blue-green replacement (a profile switch) ---------------------------------------------------
+
+async def test_replace_starts_beside_switches_then_drains_the_old_one(rig: Rig) -> None:
+    await rig.sup.start("svc")
+    await rig.running()
+    old = rig.api.last
+    old_ep = rig.sup.endpoint("svc")
+    report = await rig.sup.replace("svc", service_config("svc", options={"beam_size": 5}))
+    new = rig.api.last
+    assert report.ok and report.old_pid == old.pid and report.new_pid == new.pid != old.pid
+    assert old.signals[0] == signal.SIGTERM and old.returncode is not None  # drained: asked to stop, gone
+    assert new.returncode is None and rig.state is State.RUNNING
+    ep = rig.sup.endpoint("svc")
+    assert ep.grpc_port != old_ep.grpc_port  # new calls go to the new instance, on its own free ports
+    launch = json.loads(new.spec.env[LAUNCH_SPEC_ENV])
+    assert launch["settings"]["services"]["svc"]["options"]["beam_size"] == 5  # the child reads the new config
+    assert (State.RUNNING, State.DRAINING) in rig.edges() and (State.DRAINING, State.STOPPED) in rig.edges()
+    assert [s.name for s in rig.sup.statuses()] == ["svc"]  # one instance listed
+    assert report.start_s >= 0 and report.total_s >= report.start_s
+
+
+async def test_a_replacement_that_cannot_start_leaves_the_old_one_serving(rig: Rig) -> None:
+    await rig.sup.start("svc")
+    await rig.running()
+    old = rig.api.last
+
+    def crash(p: FakeProcess) -> None:
+        p.health = HealthStatus.NOT_SERVING
+        p.on_output("ValueError: model file missing.onnx not found")
+        p.crash(3)
+
+    rig.api.on_spawn = crash
+    report = await rig.sup.replace("svc", service_config("svc", restart={"policy": "never"}))
+    assert not report.ok and "did not start" in report.error
+    assert any("missing.onnx" in line for line in report.log_tail), report.log_tail
+    assert old.returncode is None and old.signals == [] and rig.state is State.RUNNING
+    assert rig.sup.status("svc").pid == old.pid

@@ -247,6 +247,37 @@ def profile_show(ctx: typer.Context, name: str) -> None:
             f"{f} {json.dumps(v['active'])} -> {json.dumps(v['new'])}" for f, v in fields.items()))
 
 
+@profile_app.command("activate")
+def profile_activate(
+    ctx: typer.Context,
+    name: str,
+    service: list[str] = typer.Option(None, "--service", "-s", help="Only this service (repeatable)."),
+    stop_start: bool = typer.Option(False, "--stop-start", help="Stop each service before starting its new "
+                                    "instance: less memory, but the service is down meanwhile."),
+) -> None:
+    """Switch the running main to profile NAME, service by service, without dropping a conversation."""
+    st: _State = ctx.obj
+    body = {"service": service or None, "mode": "stop-start" if stop_start else "blue-green"}
+    r = _client(st).post(f"/api/profiles/{name}/activate", json=body, ok_statuses=(503,), timeout=1800)
+    if st.as_json:
+        _print_json(r)
+    else:
+        typer.echo(f"{r['from']} -> {r['to']}: {r['outcome']} in {r['total_s']:.1f}s ({r['mode']}); "
+                   f"active profile: {r['active_profile']}")
+        for svc, s in r["services"].items():
+            if s["ok"]:
+                typer.echo(f"  {svc}: pid {s['old_pid']} -> {s['new_pid']}, new instance ready in {s['start_s']:.1f}s, "
+                           f"old drained in {s['drain_s']:.1f}s")
+            else:
+                typer.echo(f"  {svc}: {s['error']}")
+                for line in s["log_tail"][-10:]:
+                    typer.echo(f"    | {line}")
+        if r["unchanged"]:
+            typer.echo(f"  unchanged: {', '.join(r['unchanged'])}")
+    if r["outcome"] == "failed":
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

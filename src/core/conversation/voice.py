@@ -16,7 +16,9 @@ utterance at once; the next frame opens a new stream. A broken stream is logged 
 (``error`` with ``stage: "stt"``); an utterance it cut off gets the not-heard phrase; a new
 stream opens on a later frame, after a short backoff. A stream that heard nothing for a long
 time is replaced during a quiet moment, so the hub's replay buffer (which keeps a stream's
-requests until its first response) never grows without bound.
+requests until its first response) never grows without bound. So is a stream whose STT
+instance was replaced (a profile switch): the next quiet frame outside speech opens the new
+stream on the new instance, and the old one ends cleanly, so the old instance can drain.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class VoiceConversation:
         self._failures = 0
         self._retry_at = 0.0
         self._warned_backlog = False
+        self._targets: dict[SttStream, str | None] = {}  # where each stream was opened (the STT instance)
+        self._moved_checked_at = 0.0
 
     async def __aenter__(self) -> VoiceConversation:
         return self
@@ -83,7 +87,7 @@ class VoiceConversation:
         self._in_session()
         now = time.monotonic()
         stream = self.stream
-        if stream is not None and self._stale(stream, pcm):
+        if stream is not None and (self._stale(stream, pcm) or self._moved(stream, pcm, now)):
             stream.end_input()
             stream = self.stream = None
         if stream is None:
@@ -163,7 +167,27 @@ class VoiceConversation:
             protocol="grpc" if "grpc" in self.orch.hub.protocols else None,  # full duplex (see stt_stream)
         )
         self._streams.add(stream)
+        self._targets[stream] = self._stt_target()
         return stream
+
+    def _stt_target(self) -> str | None:
+        """Where the hub sends STT calls now (host:port), or None when it cannot tell."""
+        endpoint = getattr(self.orch.hub, "endpoint", None)
+        if endpoint is None:
+            return None
+        try:
+            return str(endpoint(self.orch.services["stt"]).grpc_target)
+        except CallError:
+            return None
+
+    def _moved(self, stream: SttStream, pcm: bytes, now: float) -> bool:
+        """The STT service moved to a new instance (a profile switch): hand the conversation over
+        between utterances, on a quiet frame, so the old instance drains with no stream cut."""
+        if now - self._moved_checked_at < 0.25 or stream.in_speech or stream.input_ended:
+            return False
+        self._moved_checked_at = now
+        opened_on = self._targets.get(stream)
+        return opened_on is not None and self._stt_target() not in (None, opened_on) and dbfs(pcm) < QUIET_DBFS
 
     @staticmethod
     def _stale(stream: SttStream, pcm: bytes) -> bool:
@@ -208,6 +232,7 @@ class VoiceConversation:
 
     async def _on_end(self, stream: SttStream, error: BaseException | None) -> None:
         self._streams.discard(stream)
+        self._targets.pop(stream, None)
         if self.stream is stream:
             self.stream = None
         if error is None or stream.closing or self.closed:

@@ -50,6 +50,7 @@ from core.gateway.routes import (
 from core.gateway.runtime import MainRuntime
 from core.logs import RequestContext, register_secret
 from core.managers.hub import CommunicationManager
+from core.managers.profiles import ProfileSwitcher
 from core.managers.remote import RemoteServices, ServiceResolver
 from core.managers.supervisor import ServiceSupervisor
 from core.sessions import (
@@ -175,6 +176,7 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
             ctx=ctx, supervisor=sup, remote=remote,
             hub=CommunicationManager(ctx, ServiceResolver(sup, remote), config=g.settings.hub), api_key=api_key,
         )
+        rt.profiles = ProfileSwitcher(ctx, sup)
         control.install_metrics(rt)
         app.state.runtime = rt
         try:

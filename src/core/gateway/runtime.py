@@ -23,6 +23,7 @@ from fastapi import Request
 from core.context import ProcessContext
 from core.errors import NotFound
 from core.managers.hub import CommunicationManager
+from core.managers.profiles import ProfileSwitcher
 from core.managers.remote import RemoteServices
 from core.managers.supervisor import ServiceSupervisor
 from core.sessions import Admission, PollRegistry, RateLimiter, Recorder, ReplyAudioCache, SessionManager
@@ -40,6 +41,8 @@ class MainRuntime:
     hub: CommunicationManager
     remote: RemoteServices
     """Services reached through a remote API (RunPod): endpoints and their probed state."""
+    profiles: ProfileSwitcher = field(init=False)
+    """Switches the running profile (attached by the lifespan; see core.managers.profiles)."""
     proxy_client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=60.0))
     boot_error: str = ""
     booted: bool = False

@@ -1,9 +1,10 @@
-"""Profiles: ``GET /api/profiles`` and ``GET /api/profiles/{name}`` (what ``sm profile`` reads).
+"""Profiles: ``GET /api/profiles``, ``GET /api/profiles/{name}`` and ``POST /api/profiles/{name}/activate``.
 
 A profile's effective config is what ``./start.sh NAME`` would run: services.yaml, the profile's
 overrides and this process's env overrides (``UV_<SERVICE>_*``), validated. ``show`` also says,
 per service, what differs from the active profile, so an operator sees what a switch would
-restart before making it.
+restart before making it. ``activate`` switches the running main (``core.managers.profiles``); like
+every route but the public ones, it needs the API key when one is configured.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from core.config import ServiceConfig, load_settings
 from core.errors import ConfigError, InvalidArgument, NotFound
@@ -63,3 +66,18 @@ async def show_profile(name: str, request: Request) -> dict[str, Any]:
         "services": {n: _view(c) for n, c in other.services.items()},
         "changes": _changes(settings.services, other.services),
     }
+
+
+class ActivateBody(BaseModel):
+    service: list[str] | None = Field(None, description="Only these services (default: every one).")
+    mode: str = Field("blue-green", description="blue-green (no downtime) or stop-start (less memory).")
+
+
+@router.post("/api/profiles/{name}/activate")
+async def activate_profile(name: str, request: Request, body: ActivateBody | None = None) -> JSONResponse:
+    """Switch the running main to profile ``name``: 200 with the report, 503 with it when a new
+    instance failed to start (the old one keeps serving), 409 when another switch runs or memory
+    is short, 400 for a switch that needs a restart."""
+    body = body or ActivateBody(service=None, mode="blue-green")
+    report = await runtime_of(request).profiles.activate(name, services=body.service, mode=body.mode)
+    return JSONResponse(report, status_code=503 if report["outcome"] == "failed" else 200)

@@ -93,6 +93,8 @@ class ServiceRunner:
         self._handle: ProcessHandle | None = None
         self._exit_task: asyncio.Future[int] | None = None
         self._spawned_at = 0.0
+        self.startup_s: float | None = None
+        """Spawn to RUNNING of the last start (model load included); a profile switch quotes it."""
         self._running_since: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -123,17 +125,32 @@ class ServiceRunner:
     async def stop(self) -> None:
         """SIGTERM the process group, wait stop_grace_s, SIGKILL it; no automatic restart follows."""
         async with self._lock:
+            await self._stop_locked()
+
+    async def drain(self) -> None:
+        """Hand over to a new instance: DRAINING (SIGTERM; the service refuses new calls and finishes
+        those in flight for up to stop_grace_s, then SIGKILL), then STOPPED. Not RUNNING: a stop."""
+        async with self._lock:
             await self._cancel_task()
-            if self.state is State.STOPPED:
+            if self.state is not State.RUNNING:
+                await self._stop_locked()
                 return
-            if self.state in (State.BACKOFF, State.EXITED, State.FATAL):
-                await self._process_gone()
-                self._to(State.STOPPED, "stop requested")
-                return
-            if self.state in (State.STARTING, State.RUNNING):
-                self._to(State.STOPPING, "stop requested")
+            self._to(State.DRAINING, "replaced by a new instance: finishing the calls in flight")
             rc = await self._terminate()
-            self._to(State.STOPPED, f"stopped ({describe_exit(rc)})" if rc is not None else "stopped")
+            self._to(State.STOPPED, f"drained ({describe_exit(rc)})" if rc is not None else "drained")
+
+    async def _stop_locked(self) -> None:
+        await self._cancel_task()
+        if self.state is State.STOPPED:
+            return
+        if self.state in (State.BACKOFF, State.EXITED, State.FATAL):
+            await self._process_gone()
+            self._to(State.STOPPED, "stop requested")
+            return
+        if self.state in (State.STARTING, State.RUNNING):
+            self._to(State.STOPPING, "stop requested")
+        rc = await self._terminate()
+        self._to(State.STOPPED, f"stopped ({describe_exit(rc)})" if rc is not None else "stopped")
 
     def status(self) -> ServiceStatus:
         h = self._handle
@@ -155,6 +172,8 @@ class ServiceRunner:
         old = self.state
         check_transition(self.name, old, new)
         self.state = new
+        if new is State.RUNNING:
+            self.startup_s = round(self._d.clock() - self._spawned_at, 3)
         level = logging.WARNING if new in (State.FATAL, State.EXITED, State.BACKOFF) else logging.INFO
         self._d.log.log(
             level, "service %s: %s -> %s: %s", self.name, old.value, new.value, reason,

@@ -20,6 +20,7 @@ class State(StrEnum):
     STOPPING = "STOPPING"  # SIGTERM sent to the process group; waiting for it to exit
     EXITED = "EXITED"  # exited on its own from RUNNING
     FATAL = "FATAL"  # could not be started or kept running; no automatic retry
+    DRAINING = "DRAINING"  # replaced by a new instance (a profile switch): finishing its calls, then exits
 
 
 TRANSITIONS: dict[tuple[State, State], str] = {
@@ -60,10 +61,15 @@ TRANSITIONS: dict[tuple[State, State], str] = {
     (State.FATAL, State.STARTING): "start requested; counters reset",
     # FATAL -> STOPPED on stop(): the operator clears the failure without retrying.
     (State.FATAL, State.STOPPED): "stop requested",
+    # RUNNING -> DRAINING when a new instance took over (a profile switch): SIGTERM, the service
+    # refuses new calls and finishes those in flight for up to stop_grace_s.
+    (State.RUNNING, State.DRAINING): "replaced by a new instance",
+    # DRAINING -> STOPPED when the drained process group is gone (SIGKILL after the grace if needed).
+    (State.DRAINING, State.STOPPED): "drained",
 }
 
 #: States in which a process of the service may be alive.
-LIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+LIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.STOPPING, State.DRAINING})
 #: States from which nothing happens until someone calls start() or stop().
 RESTING_STATES = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 

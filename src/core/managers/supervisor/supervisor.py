@@ -10,6 +10,8 @@ Use it as an async context manager, or call ``shutdown()`` on every exit path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -28,6 +30,26 @@ from core.managers.supervisor.runner import RunnerDeps, ServiceRunner, Transitio
 from core.managers.supervisor.states import RESTING_STATES, State
 from core.managers.supervisor.status import ServiceStatus
 from core.managers.supervisor.venv import VenvBuilder
+
+
+@dataclasses.dataclass(slots=True)
+class ReplaceReport:
+    """What a replacement did and how long each part took (seconds)."""
+
+    service: str
+    mode: str
+    ok: bool = False
+    old_pid: int | None = None
+    new_pid: int | None = None
+    venv_s: float = 0.0
+    start_s: float = 0.0
+    """From the spawn of the new instance to RUNNING (its model loaded)."""
+    drain_s: float = 0.0
+    """From the switch of new calls to the new instance until the old one exited."""
+    total_s: float = 0.0
+    error: str = ""
+    log_tail: list[str] = dataclasses.field(default_factory=list)
+
 
 #: Builds the argv of a service instead of ``<venv>/bin/python -m <module>`` (tests, debugging).
 CommandFactory = Callable[[ServiceConfig], Sequence[str]]
@@ -56,7 +78,7 @@ class ServiceSupervisor:
         self._listeners: list[TransitionListener] = []
         self._changed = asyncio.Event()
         self._prepare_lock = asyncio.Lock()
-        deps = RunnerDeps(
+        self._deps = deps = RunnerDeps(
             api=process_api or PosixProcessAPI(),
             prober=self._prober,
             spec_for=self._spawn_spec,
@@ -153,6 +175,73 @@ class ServiceSupervisor:
         await r.start()
         return r.status()
 
+    async def replace(self, name: str, config: ServiceConfig, *, mode: str = "blue-green") -> ReplaceReport:
+        """Replace the running instance of ``name`` by one with ``config``; no call is dropped.
+
+        ``blue-green``: the new instance starts beside the old one, on free ports (its venv is
+        built first if its extra or pins differ); once it is RUNNING, ``endpoint(name)`` resolves
+        to it, so new calls go there, and the old one DRAINS: it refuses new calls and finishes
+        those in flight (up to its stop_grace_s), then exits. If the new one fails to start, it is
+        stopped, the old one keeps serving, and the report says why, with the new one's log tail.
+        ``stop-start``: the old one stops first (no second instance in memory; the service is
+        down until the new one is RUNNING); a failed start brings the old config back.
+        """
+        old = self._runner(name)
+        clock = self._deps.clock
+        t0 = clock()
+        report = ReplaceReport(service=name, mode=mode, old_pid=old.status().pid)
+        if self._command is None:
+            await self._venvs.ensure(config, prune=False)  # the old instance may run from a venv it would prune
+        report.venv_s = round(clock() - t0, 3)
+        fresh = config.model_copy(update={"grpc_port": 0, "http_port": 0}) if mode == "blue-green" else config
+        new = ServiceRunner(fresh, self._deps, old.log)
+        if mode == "stop-start":
+            await old.stop()
+        started = clock()
+        error = ""
+        try:
+            await new.start()
+        except SupervisorError as e:
+            error = str(e)
+        if not error and not await self._until_running(new, config.health.startup_timeout_s):
+            error = new.last_error or f"it did not become ready in {config.health.startup_timeout_s:g}s"
+        report.start_s = round(clock() - started, 3)
+        if error:
+            report.error = f"the new {name} instance did not start ({new.state.value}): {error}"
+            report.log_tail = new.log.tail(30)
+            await new.stop()
+            if mode == "stop-start":
+                await old.start()  # back to the old config, which served until now
+            report.total_s = round(clock() - t0, 3)
+            return report
+        self._runners[name] = new  # from here on endpoint(name) is the new instance
+        report.new_pid = new.status().pid
+        self._ctx.log.info("service %s: new instance pid %s serving; draining pid %s", name, report.new_pid,
+                           report.old_pid)
+        drain_at = clock()
+        if mode == "blue-green":
+            await old.drain()
+        report.drain_s = round(clock() - drain_at, 3)
+        report.total_s = round(clock() - t0, 3)
+        report.ok = True
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return report
+
+    async def _until_running(self, runner: ServiceRunner, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once ``runner`` is RUNNING; False if it gives up (or backs off) or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while runner.state is not State.RUNNING:
+            if runner.state in RESTING_STATES or runner.state is State.BACKOFF:
+                return False
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+        return True
+
     async def shutdown(self) -> None:
         """Stop every service gracefully and in parallel, then release channels and log files."""
         results = await asyncio.gather(*(r.stop() for r in self._runners.values()), return_exceptions=True)
@@ -169,6 +258,10 @@ class ServiceSupervisor:
 
     def statuses(self) -> list[ServiceStatus]:
         return [r.status() for r in self._runners.values()]
+
+    def startup_seconds(self, name: str) -> float | None:
+        """How long the service's last start took, spawn to RUNNING; None before one completed."""
+        return self._runner(name).startup_s
 
     def endpoint(self, name: str) -> Endpoint:
         """Where ``name`` listens now (ports may change across restarts when configured as 0)."""
@@ -213,8 +306,12 @@ class ServiceSupervisor:
         else:
             python = self._venvs.python_for(cfg)
             argv, venv = [str(python), "-m", cfg.module], str(python.parent.parent)
+        g = self._ctx.global_
+        if g.settings.services.get(cfg.name) != cfg:  # the child reads its config from the spec's settings
+            g = dataclasses.replace(g, settings=g.settings.model_copy(
+                update={"services": {**g.settings.services, cfg.name: cfg}}))
         sctx = ServiceContext(
-            process=ProcessContext(global_=self._ctx.global_, name=cfg.name), config=cfg,
+            process=ProcessContext(global_=g, name=cfg.name), config=cfg,
             grpc_port=grpc_port, http_port=http_port, parent_pid=os.getpid(),
         )
         env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}

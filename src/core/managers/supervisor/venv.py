@@ -219,14 +219,16 @@ class VenvBuilder:
         return self._paths.logs / f"{config.name}.install.log"
 
     # ---- building -------------------------------------------------------------------------
-    async def ensure(self, config: ServiceConfig) -> Path:
-        """Return the ready venv of ``config``, building it first if needed; prune stale ones."""
+    async def ensure(self, config: ServiceConfig, *, prune: bool = True) -> Path:
+        """Return the ready venv of ``config``, building it first if needed; prune stale ones unless
+        ``prune`` is False (a profile switch: the instance being replaced still runs from one)."""
         venv = self.venv_path(config)
         if (venv / READY_MARKER).is_file():
             self._say(config, f"venv up to date: {venv}")
         else:
             await self._build(config, venv)
-        await self._prune(config, keep=venv)
+        if prune:
+            await self._prune(config, keep=venv)
         return venv
 
     async def _build(self, config: ServiceConfig, venv: Path) -> None:

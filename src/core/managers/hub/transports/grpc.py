@@ -122,9 +122,12 @@ class GrpcTransport:
         *,
         connect_timeout_s: float = 0.5,
         options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS,
-        close_grace_s: float = 1.0,
+        close_grace_s: float = 30.0,
     ) -> None:
-        """``connect_timeout_s`` bounds one connection attempt (HubConfig.connect_timeout_s)."""
+        """``connect_timeout_s`` bounds one connection attempt (HubConfig.connect_timeout_s).
+        ``close_grace_s``: a channel retired because its service moved (a restart on new ports, a
+        profile switch) lets its calls and streams in flight finish for this long; a switched-out
+        instance drains them for its own stop_grace_s."""
         connect_ms = max(100, round(connect_timeout_s * 1000))
         self._options = (*options, ("grpc.min_reconnect_backoff_ms", connect_ms))
         self._close_grace_s = close_grace_s
