@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -112,23 +113,30 @@ class Orchestrator:
             turn_id_var.reset(tid)
 
     async def _work_until_interrupted(self, turn: Turn, hear: Hear | None) -> None:
-        work = asyncio.create_task(self._work(turn, hear), name=f"turn-{turn.turn_id}")
-        stop = asyncio.create_task(turn.wait_interrupt(), name=f"turn-{turn.turn_id}-interrupt")
-        try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not work.done():
-                work.cancel()
-                if turn.speech is not None:
-                    await turn.speech.cancel()
-                await asyncio.gather(work, return_exceptions=True)
+        with self._pinned():  # the turn's LLM and TTS calls stay on the instances that started it
+            work = asyncio.create_task(self._work(turn, hear), name=f"turn-{turn.turn_id}")
+            stop = asyncio.create_task(turn.wait_interrupt(), name=f"turn-{turn.turn_id}-interrupt")
+            try:
+                await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not work.done():
+                    work.cancel()
+                    if turn.speech is not None:
+                        await turn.speech.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
         if not work.cancelled():
             work.result()  # a bug, or a rejected request (InvalidArgument): the caller's to report
             return
         await self._interrupted(turn)
         turn.report.mark("turn_complete")
         await self._send_latency(turn)
+
+    def _pinned(self) -> contextlib.AbstractContextManager[None]:
+        """During a profile switch, keep this turn's LLM and TTS calls on the instances it began on."""
+        pinned = getattr(self.hub, "pinned", None)  # the hub's; absent from test doubles
+        names = [n for n in (self.services.get("llm"), self.services.get("tts")) if n]
+        return pinned(names) if pinned else contextlib.nullcontext()
 
     async def _work(self, turn: Turn, hear: Hear | None) -> None:
         if hear is not None:

@@ -176,7 +176,7 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
             ctx=ctx, supervisor=sup, remote=remote,
             hub=CommunicationManager(ctx, ServiceResolver(sup, remote), config=g.settings.hub), api_key=api_key,
         )
-        rt.profiles = ProfileSwitcher(ctx, sup)
+        rt.profiles = ProfileSwitcher(ctx, sup, rt.hub)
         control.install_metrics(rt)
         app.state.runtime = rt
         try:

@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge
 from core.config import ServiceConfig, Settings, load_settings
 from core.context import ProcessContext
 from core.errors import ConfigError, InvalidArgument, NotFound, RequestRejected
+from core.managers.hub import CommunicationManager
 from core.managers.supervisor import ServiceSupervisor
 
 log = logging.getLogger("ultravox.profiles")
@@ -45,6 +46,8 @@ MODES = ("blue-green", "stop-start")
 MEMORY_FACTOR = 1.2
 MEMORY_MARGIN_BYTES = 256 * 1024 * 1024
 _PORTS = {"grpc_port", "http_port"}
+#: How long a switch lets conversation turns in progress finish on the instance they started on.
+TURN_WAIT_S = 60.0
 
 
 class SwitchConflict(RequestRejected):
@@ -64,8 +67,8 @@ def gpu_present() -> bool:
 
 
 class ProfileSwitcher:
-    def __init__(self, ctx: ProcessContext, supervisor: ServiceSupervisor) -> None:
-        self._ctx, self._sup = ctx, supervisor
+    def __init__(self, ctx: ProcessContext, supervisor: ServiceSupervisor, hub: CommunicationManager) -> None:
+        self._ctx, self._sup, self._hub = ctx, supervisor, hub
         self._lock = asyncio.Lock()
         self.switches = Counter(
             "ultravox_profile_switches", "Profile switches, by the profile left, the one asked for and the outcome "
@@ -154,10 +157,12 @@ class ProfileSwitcher:
             replaced: dict[str, ServiceConfig] = {}
             try:
                 for cfg in changed:
-                    r = await self._sup.replace(cfg.name, cfg, mode=mode)
+                    r = await self._sup.replace(cfg.name, cfg, mode=mode, handover=lambda ep: self._hub.handing_over(
+                        ep.name, ep, TURN_WAIT_S))
                     report["services"][cfg.name] = dataclasses.asdict(r)
                     log.info("profile switch %s -> %s: %s %s", frm, name, cfg.name,
-                             f"replaced in {r.total_s:.1f}s (start {r.start_s:.1f}s, drain {r.drain_s:.1f}s)"
+                             f"replaced in {r.total_s:.1f}s (start {r.start_s:.1f}s, turns {r.turns_s:.1f}s, "
+                             f"drain {r.drain_s:.1f}s)"
                              if r.ok else f"FAILED: {r.error}")
                     if not r.ok:
                         break

@@ -37,7 +37,8 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -71,6 +72,7 @@ from core.managers.hub.transports import (
 from core.managers.hub.transports.runpod import RunpodTransport
 from core.wire import Kind, Operation, operation, to_message
 
+_PINNED: ContextVar[Mapping[str, Endpoint] | None] = ContextVar("ultravox_pinned_endpoints", default=None)
 DEFAULT_TRANSPORT_DOWN_S = 1.0
 DEFAULT_STREAM_DEADLINE_S = 300.0
 
@@ -137,6 +139,9 @@ class CommunicationManager:
             transport_down_s=transport_down_s, clock=clock, log=ctx.log,
         )
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._pins: dict[tuple[str, str], int] = {}
+        self._holding: set[tuple[str, str]] = set()
+        self._pins_changed = asyncio.Event()
         self._ops: dict[tuple[str, str], Operation] = {}
         self._closed = False
 
@@ -227,6 +232,49 @@ class CommunicationManager:
         """Where ``service`` is reached now (local ports, or its remote API); NotFound if unknown."""
         return self._endpoint(service)
 
+    @contextlib.contextmanager
+    def pinned(self, services: Iterable[str]) -> Iterator[None]:
+        """Keep the calls made in this context (and in the tasks it starts) to ``services`` on the
+        instances they resolve to now, while such an instance is being handed over (a profile
+        switch): a conversation turn finishes on the instances that started it."""
+        pins: dict[str, Endpoint] = {}
+        for name in services:
+            with contextlib.suppress(CallError):
+                pins[name] = self._resolver.endpoint(name)
+        token = _PINNED.set({**(_PINNED.get() or {}), **pins})
+        keys = [(name, ep.grpc_target) for name, ep in pins.items()]
+        for key in keys:
+            self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _PINNED.reset(token)
+            for key in keys:
+                self._pins[key] -= 1
+            self._pins_changed.set()
+            self._pins_changed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def handing_over(self, service: str, old: Endpoint, within_s: float) -> AsyncIterator[None]:
+        """While ``old`` is replaced: calls pinned to it (turns in progress) keep going there; on
+        exit, wait (up to ``within_s``) until no pinned turn uses it, then release the hold, so the
+        old instance can drain."""
+        key = (service, old.grpc_target)
+        self._holding.add(key)
+        try:
+            yield  # the caller points the resolver at the new instance here
+            deadline = asyncio.get_running_loop().time() + within_s
+            while self._pins.get(key, 0) > 0:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    self._ctx.log.warning("hub: %d turn(s) still on the old %s instance after %.0fs; moving on",
+                                          self._pins[key], service, within_s)
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pins_changed.wait(), left)
+        finally:
+            self._holding.discard(key)
+
     def breaker_state(self, service: str) -> str:
         """``closed``, ``half_open`` or ``open``; a service never called reads ``closed``."""
         b = self._breakers.get(service)
@@ -309,6 +357,9 @@ class CommunicationManager:
     # ---- helpers ------------------------------------------------------------------------------
 
     def _endpoint(self, service: str) -> Endpoint:
+        pins = _PINNED.get()
+        if pins and service in pins and (service, pins[service].grpc_target) in self._holding:
+            return pins[service]  # a turn in progress stays on the instance being handed over
         try:
             return self._resolver.endpoint(service)
         except KeyError as e:  # a resolver that forgot to translate its lookup error

@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -44,13 +45,17 @@ class ReplaceReport:
     venv_s: float = 0.0
     start_s: float = 0.0
     """From the spawn of the new instance to RUNNING (its model loaded)."""
+    turns_s: float = 0.0
+    """From the switch of new calls to the new instance until no turn in progress used the old one."""
     drain_s: float = 0.0
-    """From the switch of new calls to the new instance until the old one exited."""
+    """From then until the old instance exited (its calls in flight finished)."""
     total_s: float = 0.0
     error: str = ""
     log_tail: list[str] = dataclasses.field(default_factory=list)
 
 
+#: Wraps the moment new calls move to the new instance; gets the old instance's endpoint.
+Handover = Callable[[Endpoint], AbstractAsyncContextManager[None]]
 #: Builds the argv of a service instead of ``<venv>/bin/python -m <module>`` (tests, debugging).
 CommandFactory = Callable[[ServiceConfig], Sequence[str]]
 
@@ -175,7 +180,9 @@ class ServiceSupervisor:
         await r.start()
         return r.status()
 
-    async def replace(self, name: str, config: ServiceConfig, *, mode: str = "blue-green") -> ReplaceReport:
+    async def replace(
+        self, name: str, config: ServiceConfig, *, mode: str = "blue-green", handover: Handover | None = None
+    ) -> ReplaceReport:
         """Replace the running instance of ``name`` by one with ``config``; no call is dropped.
 
         ``blue-green``: the new instance starts beside the old one, on free ports (its venv is
@@ -185,6 +192,8 @@ class ServiceSupervisor:
         stopped, the old one keeps serving, and the report says why, with the new one's log tail.
         ``stop-start``: the old one stops first (no second instance in memory; the service is
         down until the new one is RUNNING); a failed start brings the old config back.
+        ``handover(old_endpoint)`` wraps the switch of new calls to the new instance (the hub
+        keeps turns in progress on the old one until they end, see CommunicationManager.pinned).
         """
         old = self._runner(name)
         clock = self._deps.clock
@@ -214,7 +223,11 @@ class ServiceSupervisor:
                 await old.start()  # back to the old config, which served until now
             report.total_s = round(clock() - t0, 3)
             return report
-        self._runners[name] = new  # from here on endpoint(name) is the new instance
+        old_ep = self._endpoint_of(old) if mode == "blue-green" else None
+        swapped = clock()
+        async with handover(old_ep) if handover is not None and old_ep is not None else contextlib.nullcontext():
+            self._runners[name] = new  # from here on endpoint(name) is the new instance
+        report.turns_s = round(clock() - swapped, 3)
         report.new_pid = new.status().pid
         self._ctx.log.info("service %s: new instance pid %s serving; draining pid %s", name, report.new_pid,
                            report.old_pid)
@@ -262,6 +275,12 @@ class ServiceSupervisor:
     def startup_seconds(self, name: str) -> float | None:
         """How long the service's last start took, spawn to RUNNING; None before one completed."""
         return self._runner(name).startup_s
+
+    def _endpoint_of(self, r: ServiceRunner) -> Endpoint | None:
+        if not r.grpc_port or not r.http_port:
+            return None
+        return Endpoint(name=r.name, role=r.config.role, host=r.config.host, grpc_port=r.grpc_port,
+                        http_port=r.http_port, token=self._ctx.global_.internal_token)
 
     def endpoint(self, name: str) -> Endpoint:
         """Where ``name`` listens now (ports may change across restarts when configured as 0)."""
