@@ -10,6 +10,7 @@ and says why; a switch that needs a restart (a GPU profile here, a remote one) i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -110,11 +111,21 @@ async def test_a_switch_while_a_reply_streams_drops_nothing(main_proc: MainProce
     assert 'ultravox_active_profile{profile="local-fast"} 1.0' in metrics
 
 
-def test_switching_back_with_sm_leaves_one_instance_per_service(main_proc: MainProcess) -> None:
+async def test_switching_back_with_sm_leaves_one_instance_per_service(main_proc: MainProcess) -> None:
     before = services(main_proc)
     sm = [str(ROOT / "sm"), "--url", main_proc.url]
-    out = subprocess.run([*sm, "--json", "profile", "activate", "local-pc"], capture_output=True, text=True,
-                         timeout=900)
+    async with Client.open(main_proc, {"sample_rate": OUT_RATE}) as c:  # again while a reply streams
+        c.speak(silence(0.3) + speech(STORY))
+        await c.wait("audio_start", timeout=240)
+        out = await asyncio.to_thread(subprocess.run, [*sm, "--json", "profile", "activate", "local-pc"],
+                                      capture_output=True, text=True, timeout=900)
+        done = await c.wait("turn_complete", timeout=240)
+    assert done["outcome"] == "ok" and not c.events("error"), (done, c.events("error"))
+    await asyncio.to_thread(check_back_on_local_pc, out, before, sm, main_proc)
+
+
+def check_back_on_local_pc(out: subprocess.CompletedProcess[str], before: dict[str, dict[str, Any]],
+                           sm: list[str], main_proc: MainProcess) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["outcome"] == "ok" and report["active_profile"] == "local-pc"
