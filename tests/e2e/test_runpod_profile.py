@@ -49,7 +49,8 @@ def speech(text: str) -> bytes:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MainProcess, RunpodWorker]]:
     var = tmp_path_factory.mktemp("runpod-e2e")
-    tts = RunpodWorker("tts", var / "log" / "runpod-tts-worker.log", api="production").start()
+    # a slow worker (1 s after each chunk): a barge-in then always finds its TTS job still running
+    tts = RunpodWorker("tts", var / "log" / "runpod-tts-worker.log", api="production", chunk_delay_s=1.0).start()
     llm = OpenAIUpstream(var / "log" / "runpod-llm-upstream.log")
     main: MainProcess | None = None
     ok = False

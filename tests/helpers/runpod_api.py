@@ -21,6 +21,8 @@ real model:
 
 ``--cold-start-s N`` keeps every worker "initializing" for N seconds after start (``/health``
 shows no ready worker, jobs wait ``IN_QUEUE``), as a scaled-to-zero endpoint does.
+``--chunk-delay-s S`` pauses S seconds after each output chunk, as a slow worker or network
+would, so a job is reliably still IN_PROGRESS when a test cancels it.
 
 Run with a ``<role>-runpod`` venv's Python:
 ``python tests/helpers/runpod_api.py stt --port 8000 --api-key KEY [--endpoint-id ep-stt]``.
@@ -79,10 +81,11 @@ class Job:
 class Endpoint:
     """Jobs, a queue and ``workers`` worker tasks running the handler."""
 
-    def __init__(self, handler: Any, workers: int, cold_start_s: float) -> None:
+    def __init__(self, handler: Any, workers: int, cold_start_s: float, chunk_delay_s: float = 0.0) -> None:
         self.handler, self.jobs, self.queue = handler, {}, asyncio.Queue()  # type: ignore[var-annotated]
         self.jobs: dict[str, Job]
         self.ready_at = time.monotonic() + cold_start_s
+        self.chunk_delay_s = chunk_delay_s
         self.busy = 0
         self.workers = workers
         self.counts = {"completed": 0, "failed": 0, "retried": 0}
@@ -137,6 +140,8 @@ class Endpoint:
                 job.output.append(chunk)
                 job.unread.append(chunk)
                 job.changed.set()
+                if self.chunk_delay_s:  # a slow worker (or network): the job stays IN_PROGRESS meanwhile
+                    await asyncio.sleep(self.chunk_delay_s)
         finally:
             await gen.aclose()
         job.status = "COMPLETED"
@@ -273,6 +278,7 @@ def main() -> None:
     p.add_argument("--endpoint-id", default=None, help="default: ep-<role>")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cold-start-s", type=float, default=0.0)
+    p.add_argument("--chunk-delay-s", type=float, default=0.0, help="pause after each output chunk (a slow worker)")
     args = p.parse_args()
     from services.runtime.logs import configure_logging
     from services.runtime.runpod_worker import build_worker
@@ -280,7 +286,7 @@ def main() -> None:
     configure_logging(args.role, "INFO")
     worker = build_worker(args.role)
     worker.load()
-    ep = Endpoint(worker.handle, args.workers, args.cold_start_s)
+    ep = Endpoint(worker.handle, args.workers, args.cold_start_s, args.chunk_delay_s)
     app = build_app(ep, args.endpoint_id or f"ep-{args.role}", args.api_key)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -44,6 +44,7 @@ class RunpodWorker:
     log_path: Path
     api: str = "sdk"  # "sdk": the runpod SDK's --rp_serve_api; "production": tests/helpers/runpod_api.py
     cold_start_s: float = 0.0
+    chunk_delay_s: float = 0.0
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -58,7 +59,8 @@ class RunpodWorker:
                     "--rp_api_host", "127.0.0.1", "--rp_api_port", str(self.port)]
         else:
             argv = [python, str(ROOT / "tests" / "helpers" / "runpod_api.py"), self.role, "--port", str(self.port),
-                    "--api-key", KEY, "--cold-start-s", str(self.cold_start_s)]
+                    "--api-key", KEY, "--cold-start-s", str(self.cold_start_s),
+                    "--chunk-delay-s", str(self.chunk_delay_s)]
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}  # stay local
         child_env.update({"UV_LOG_FORMAT": "text", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}", **(env or {})})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

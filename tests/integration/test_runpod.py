@@ -60,7 +60,8 @@ def workers() -> Iterator[dict[str, RunpodWorker]]:
         "tts-sdk": RunpodWorker("tts", log_dir() / "tts-sdk.log"),
         "stt-sdk": RunpodWorker("stt", log_dir() / "stt-sdk.log"),
         "llm-sdk": RunpodWorker("llm", log_dir() / "llm-sdk.log"),
-        "tts-prod": RunpodWorker("tts", log_dir() / "tts-prod.log", api="production"),
+        # a slowish worker (0.3 s after each chunk): jobs are reliably still running when cancelled
+        "tts-prod": RunpodWorker("tts", log_dir() / "tts-prod.log", api="production", chunk_delay_s=0.3),
     }
     try:
         for w in ws.values():
