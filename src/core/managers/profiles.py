@@ -62,6 +62,16 @@ def comparable(cfg: ServiceConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude=_PORTS)
 
 
+def load_profile(current: Settings, name: str) -> Settings:
+    """What ``./start.sh NAME`` would run, from the running config's folder; NotFound or InvalidArgument."""
+    if name not in current.profiles:
+        raise NotFound(f"no profile {name!r}; profiles: {', '.join(current.profiles)} (config/profiles.yaml)")
+    try:
+        return load_settings(current.config_dir, profile=name)
+    except ConfigError as e:
+        raise InvalidArgument(f"profile {name!r} does not load: {e}; fix it in {current.config_dir}") from e
+
+
 def gpu_present() -> bool:
     return shutil.which("nvidia-smi") is not None
 
@@ -84,12 +94,7 @@ class ProfileSwitcher:
     def plan(self, name: str, services: Iterable[str] | None = None) -> tuple[Settings, list[ServiceConfig]]:
         """The profile's settings and the services a switch to it would replace; refusals raise."""
         current = self._ctx.settings
-        if name not in current.profiles:
-            raise NotFound(f"no profile {name!r}; profiles: {', '.join(current.profiles)} (config/profiles.yaml)")
-        try:
-            target = load_settings(current.config_dir, profile=name)
-        except ConfigError as e:
-            raise InvalidArgument(f"profile {name!r} does not load: {e}") from e
+        target = load_profile(current, name)
         wanted = list(services) if services else list(current.services)
         unknown = [s for s in wanted if s not in current.services]
         if unknown:

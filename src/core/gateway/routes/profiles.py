@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from core.config import ServiceConfig, load_settings
-from core.errors import ConfigError, InvalidArgument, NotFound
+from core.config import ServiceConfig
 from core.gateway.runtime import runtime_of
+from core.managers.profiles import load_profile
 
 router = APIRouter()
 #: Fields shown per service; env is left out (it may hold secrets' names and values).
@@ -53,12 +53,7 @@ async def list_profiles(request: Request) -> list[dict[str, Any]]:
 @router.get("/api/profiles/{name}")
 async def show_profile(name: str, request: Request) -> dict[str, Any]:
     settings = runtime_of(request).ctx.settings
-    if name not in settings.profiles:
-        raise NotFound(f"no profile {name!r}; profiles: {', '.join(settings.profiles)} (config/profiles.yaml)")
-    try:
-        other = load_settings(settings.config_dir, profile=name)
-    except ConfigError as e:
-        raise InvalidArgument(f"profile {name!r} does not load: {e}; fix it in {settings.config_dir}") from e
+    other = load_profile(settings, name)
     p = other.profile
     return {
         "name": p.name, "description": p.description, "device": p.device,
