@@ -1,6 +1,6 @@
 """``python -m services.llm`` (launched by main) or ``python -m services.llm --standalone``."""
 
 from services.llm.service import LlmService
-from services.runtime import service_main
+from services.runtime import exit_now, service_main
 
-raise SystemExit(service_main("llm", LlmService))
+exit_now(service_main("llm", LlmService))

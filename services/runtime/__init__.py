@@ -19,7 +19,7 @@ on SIGTERM and the parent watchdog::
         def close(self): ...
 
     # services/<role>/__main__.py
-    raise SystemExit(service_main("stt", MyService))   # MyService(ctx: ServiceContext)
+    exit_now(service_main("stt", MyService))   # MyService(ctx: ServiceContext)
 """
 
 from services.runtime.api import (
@@ -33,7 +33,7 @@ from services.runtime.api import (
     Transport,
     UnaryHandler,
 )
-from services.runtime.entry import service_main
+from services.runtime.entry import exit_now, service_main
 from services.runtime.http_app import JSON_TYPE, MSGPACK_TYPES, HttpKit
 from services.runtime.lifecycle import EXIT_CRASH, EXIT_OK, EXIT_ORPHANED, EXIT_STARTUP, EXIT_USAGE
 from services.runtime.limits import RequestTooLarge
@@ -57,5 +57,6 @@ __all__ = [
     "ServiceFactory",
     "Transport",
     "UnaryHandler",
+    "exit_now",
     "service_main",
 ]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from core.context import LAUNCH_SPEC_ENV, ServiceContext, StandaloneContext
 from core.errors import ConfigError, UltravoxError
@@ -64,6 +67,22 @@ def _context(args: argparse.Namespace) -> ServiceContext:
             f"{LAUNCH_SPEC_ENV} is not a valid launch spec ({type(e).__name__}: {e}); "
             "it must come from ServiceContext.launch_env() of the same project version"
         ) from e
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once the service has stopped, skipping interpreter finalization.
+
+    By then the servers are closed, calls drained and logs flushed; what is left are native
+    threads (a model still loading in CTranslate2 or onnxruntime, gRPC's pollers). Finalizing
+    under them crashed: a daemon thread forced to exit while it held C++ frames aborted the
+    process ("FATAL: exception not rethrown", exit -6) after a clean "stopped" line, turning
+    exit code 4 (orphaned) into SIGABRT. Nothing that finalization would do is needed here.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def service_main(default_service: str, factory: ServiceFactory, argv: list[str] | None = None) -> int:

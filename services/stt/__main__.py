@@ -1,6 +1,6 @@
 """``python -m services.stt`` (launched by main) or ``python -m services.stt --standalone``."""
 
-from services.runtime import service_main
+from services.runtime import exit_now, service_main
 from services.stt.service import SttService
 
-raise SystemExit(service_main("stt", SttService))
+exit_now(service_main("stt", SttService))
