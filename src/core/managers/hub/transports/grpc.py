@@ -66,6 +66,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 _TRANSPORT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+_CORE_INTERNAL = "Internal error from Core"
 _READY = grpc.ChannelConnectivity.READY
 _FAILING = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 _SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
@@ -110,6 +111,10 @@ def map_rpc_error(e: grpc.aio.AioRpcError) -> CallError:
     details = e.details() or code.name
     if code in _TRANSPORT_CODES:
         return TransportError(f"gRPC {code.name}: {details}")
+    if code is grpc.StatusCode.INTERNAL and details == _CORE_INTERNAL:
+        # gRPC's own client core failed the call (a request written to a stream the peer had
+        # already ended or dropped): no answer from the service, so a transport failure
+        return TransportError(f"gRPC stream broke in the client ({details}: {e.debug_error_string()})")
     trailers = dict(e.trailing_metadata() or ())
     return error_from_code(code.name, details, retry_after_s=parse_retry_after(trailers.get("retry-after")))
 
