@@ -67,6 +67,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 _TRANSPORT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _CORE_INTERNAL = "Internal error from Core"
+SHUTDOWN_GRACE_S = 1.0
 _READY = grpc.ChannelConnectivity.READY
 _FAILING = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 _SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
@@ -152,8 +153,9 @@ class GrpcTransport:
         self._channels[ep.name] = ch
         return ch
 
-    def _retire(self, ch: _Channel) -> None:
-        task = asyncio.get_running_loop().create_task(ch.channel.close(grace=self._close_grace_s))
+    def _retire(self, ch: _Channel, grace_s: float | None = None) -> None:
+        grace = self._close_grace_s if grace_s is None else grace_s
+        task = asyncio.get_running_loop().create_task(ch.channel.close(grace=grace))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
@@ -225,8 +227,11 @@ class GrpcTransport:
         self._closed = True
         channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
-            self._retire(ch)
+            self._retire(ch, grace_s=SHUTDOWN_GRACE_S)  # main is stopping: no long wait for streams
         pending = list(self._retiring)
-        if pending:
+        if pending:  # channels retired earlier (a restart, a profile switch) may still be in their long grace
+            _, late = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_S + 1.0)
+            for task in late:
+                task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.gather(*pending, return_exceptions=True)
