@@ -47,11 +47,45 @@ class SttMetrics:
             "uv_stt_final_latency_seconds", "From SPEECH_ENDED to the utterance's FINAL.", labels,
             buckets=LATENCY_BUCKETS, registry=registry,
         )
+        self.turn_model_seconds = Histogram(
+            "uv_stt_turn_model_seconds", "End-of-turn model (Smart Turn) inference time, per pause asked.",
+            labels, buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), registry=registry,
+        )
+        self.turn_decisions = Counter(
+            "uv_stt_turn_decisions_total", "End-of-turn model answers at a pause: complete or incomplete.",
+            [*labels, "decision"], registry=registry,
+        )
+        self.utterance_ends = Counter(
+            "uv_stt_utterance_ends_total",
+            "Utterances ended, by reason: semantic, silence, max_wait, max_length, end_of_input.",
+            [*labels, "reason"], registry=registry,
+        )
+        self.speculations = Counter(
+            "uv_stt_speculation_total",
+            "Final decodes started at a pause: hit (it became the FINAL) or miss (speech resumed).",
+            [*labels, "outcome"], registry=registry,
+        )
+        self.speculation_wasted = Counter(
+            "uv_stt_speculation_wasted_seconds_total",
+            "Engine seconds spent on speculative decodes thrown away because speech resumed.", labels,
+            registry=registry,
+        )
+        self.finals_cancelled = Counter(
+            "uv_stt_finals_cancelled_total", "Utterance finals dropped at the caller's request (CancelUtterance).",
+            labels, registry=registry,
+        )
         for metric in (self.audio_seconds, self.rtf, self.streams_active, self.utterances, self.vad_frames,
-                       self.final_latency):
+                       self.final_latency, self.turn_model_seconds, self.speculation_wasted,
+                       self.finals_cancelled):
             metric.labels(self.service)  # series at 0 before the first call
         for outcome in ("sent", "skipped"):
             self.partials.labels(self.service, outcome)
+        for decision in ("complete", "incomplete"):
+            self.turn_decisions.labels(self.service, decision)
+        for reason in ("semantic", "silence", "max_wait", "max_length", "end_of_input"):
+            self.utterance_ends.labels(self.service, reason)
+        for outcome in ("hit", "miss"):
+            self.speculations.labels(self.service, outcome)
 
     def transcribed(self, audio_s: float, seconds: float) -> None:
         self.audio_seconds.labels(self.service).inc(audio_s)
@@ -64,6 +98,24 @@ class SttMetrics:
 
     def partial(self, outcome: str) -> None:
         self.partials.labels(self.service, outcome).inc()
+
+    def turn_decision(self, seconds: float, complete: bool) -> None:
+        self.turn_model_seconds.labels(self.service).observe(seconds)
+        self.turn_decisions.labels(self.service, "complete" if complete else "incomplete").inc()
+
+    def ended(self, reason: str) -> None:
+        self.utterance_ends.labels(self.service, reason).inc()
+
+    def speculation(self, outcome: str, wasted_s: float) -> None:
+        self.speculations.labels(self.service, outcome).inc()
+        self.speculation_wasted_s(wasted_s)
+
+    def speculation_wasted_s(self, seconds: float) -> None:
+        if seconds > 0:
+            self.speculation_wasted.labels(self.service).inc(seconds)
+
+    def cancelled(self) -> None:
+        self.finals_cancelled.labels(self.service).inc()
 
     def final(self, latency_s: float) -> None:
         self.utterances.labels(self.service).inc()

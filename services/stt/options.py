@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import ServiceConfig
 from services.runtime.options import validate_options
+from services.stt.turn_config import TurnOptions
 from services.stt.vad_config import VadOptions
 
 
@@ -31,6 +32,10 @@ class SttOptions(BaseModel):
     vad: VadOptions = Field(
         default_factory=VadOptions,  # type: ignore[arg-type]
         description="Streaming and DetectSpeech VAD defaults; a request may set its own.",
+    )
+    turn: TurnOptions = Field(
+        default_factory=TurnOptions,  # type: ignore[arg-type]
+        description="End of turn for streams: VAD silence or the semantic turn model, and speculation.",
     )
     max_streams: int = Field(
         16, ge=1, le=1024, description="StreamingRecognize streams open at once; more get RESOURCE_EXHAUSTED."

@@ -7,7 +7,10 @@ Pure logic on the stream's sample clock, shared by StreamingRecognize and Detect
 
 In SPEECH a frame below ``neg_threshold`` (threshold - 0.15) opens a silence run and only a frame
 at or above ``threshold`` closes it again (hysteresis, as Silero's own segmenter). The utterance
-ends at the start of a silence run that lasted ``end_silence_ms``. An utterance that reaches
+ends at the start of a silence run that lasted ``end_silence_ms``. With ``pause_samples`` set, a
+silence run that lasted that long is first reported as a ``pause`` (once per run), and speech
+after it as a ``resume``; :meth:`Segmenter.end_now` ends the utterance at the pause (a turn model
+decided it is complete). An utterance that reaches
 ``max_samples`` is cut there and a new one may start at once. Each event says where the speech
 boundary is (``sample``) and at which point of the stream it was decided (``decided_at``): the
 stream may already hold audio past the boundary by then.
@@ -33,7 +36,7 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Boundary:
-    kind: Literal["start", "end"]
+    kind: Literal["start", "end", "pause", "resume"]
     sample: int
     """Speech starts at / ends before this sample of the stream."""
     decided_at: int
@@ -45,8 +48,14 @@ class Boundary:
 class Segmenter:
     """Feed probabilities in order with :meth:`feed`; call :meth:`finish` at the end of input."""
 
-    def __init__(self, settings: VadSettings, max_samples: int | None = None, frame: int = FRAME) -> None:
+    def __init__(
+        self, settings: VadSettings, max_samples: int | None = None, frame: int = FRAME,
+        pause_samples: int | None = None,
+    ) -> None:
         self.settings, self.frame, self.max_samples = settings, frame, max_samples
+        self.pause_samples = pause_samples
+        self.paused = False
+        """A ``pause`` was reported for the current silence run."""
         self.threshold, self.neg_threshold = settings.threshold, settings.neg_threshold
         self.min_speech = settings.samples(settings.min_speech_ms)
         self.end_silence = settings.samples(settings.end_silence_ms)
@@ -71,8 +80,16 @@ class Segmenter:
         if self.phase is Phase.SPEECH:
             end = self.silence_from if self.silence_from is not None else total
             out.append(Boundary("end", end, total))
-        self.phase, self.silence_from = Phase.IDLE, None
+        self.phase, self.silence_from, self.paused = Phase.IDLE, None, False
         return out
+
+    def end_now(self) -> Boundary | None:
+        """End the utterance at the silence it is paused in (the turn is complete); None if not in one."""
+        if self.phase is not Phase.SPEECH or self.silence_from is None:
+            return None
+        boundary = Boundary("end", self.silence_from, self.position)
+        self.phase, self.silence_from, self.paused = Phase.IDLE, None, False
+        return boundary
 
     def _step(self, p: float, begin: int, end: int, out: list[Boundary]) -> None:
         if self.phase is Phase.IDLE:
@@ -87,15 +104,23 @@ class Segmenter:
                 out.append(Boundary("start", self.start, end))
             return
         if p >= self.threshold:
-            self.silence_from = None
+            if self.paused:
+                out.append(Boundary("resume", begin, end))
+            self.silence_from, self.paused = None, False
         elif p < self.neg_threshold and self.silence_from is None:
             self.silence_from = begin
         if self.silence_from is not None and end - self.silence_from >= self.end_silence:
             out.append(Boundary("end", self.silence_from, end))
-            self.phase, self.silence_from = Phase.IDLE, None
+            self.phase, self.silence_from, self.paused = Phase.IDLE, None, False
         elif self.max_samples is not None and end - self.start >= self.max_samples:
             out.append(Boundary("end", end, end, forced=True))
-            self.phase, self.silence_from, self.start = Phase.CANDIDATE, None, end
+            self.phase, self.silence_from, self.start, self.paused = Phase.CANDIDATE, None, end, False
+        elif (
+            self.pause_samples is not None and self.silence_from is not None and not self.paused
+            and end - self.silence_from >= self.pause_samples
+        ):
+            self.paused = True
+            out.append(Boundary("pause", self.silence_from, end))
 
 
 def segments(probs: np.ndarray, settings: VadSettings, total: int) -> list[tuple[int, int]]:

@@ -25,6 +25,7 @@ from services.stt.metrics import SttMetrics
 from services.stt.model_store import resolve_model
 from services.stt.openai_routes import openai_routes
 from services.stt.options import SttOptions
+from services.stt.smart_turn import TurnModel, TurnModelMissing
 from services.stt.stream_config import read_config, stream_settings
 from services.stt.streaming import StreamSession
 from services.stt.vad import SileroVad, VadModel, locate_model
@@ -76,6 +77,8 @@ class SttService:
             )
         self.engine: SttEngine = factory(o, self.cfg.device, str(ctx.paths.models / "hub"))
         self.vad: VadModel | None = None
+        self.turn_model: TurnModel | None = None
+        self.turn_model_path = ""
         self.op = operation("stt", "Transcribe")
         self.stream_op = operation("stt", "StreamingRecognize")
         self.detect_op = operation("stt", "DetectSpeech")
@@ -108,6 +111,19 @@ class SttService:
                 f"could not load the Silero VAD from {path} ({type(e).__name__}: {e})",
             ) from e
         self.vad_path = str(path)
+        self._load_turn_model()
+
+    def _load_turn_model(self) -> None:
+        """The semantic end-of-turn model; without it, semantic streams fall back to VAD (logged once)."""
+        turn = self.options.turn
+        try:
+            self.turn_model = TurnModel.load(turn.model_path, turn.threads)
+        except TurnModelMissing as e:
+            if turn.model_path:  # a path the operator set must exist
+                raise ConfigError(WHERE, f"services.{self.cfg.name}.options.turn.model_path", str(e)) from e
+            self.ctx.process.log.warning("no end-of-turn model (%s); semantic turn detection falls back to VAD", e)
+            return
+        self.turn_model_path = str(getattr(self.turn_model, "path", turn.model_path))
 
     def describe(self) -> ModelDescription:
         o = self.options
@@ -121,6 +137,9 @@ class SttService:
                 "vad_model": self.vad_path, "vad_threshold": f"{o.vad.threshold:g}",
                 "vad_min_speech_ms": str(o.vad.min_speech_ms), "vad_end_silence_ms": str(o.vad.end_silence_ms),
                 "vad_pre_roll_ms": str(o.vad.pre_roll_ms),
+                "turn_detection": o.turn.detection, "turn_model": self.turn_model_path or "none (VAD only)",
+                "turn_pause_ms": str(o.turn.pause_ms), "turn_max_wait_ms": str(o.turn.max_wait_ms),
+                "turn_threshold": f"{o.turn.threshold:g}", "turn_speculation": str(o.turn.speculation).lower(),
             },
         )
 
@@ -153,10 +172,13 @@ class SttService:
         gauge.inc()
         try:
             config = await read_config(requests)
-            settings = stream_settings(config, self.options, self.decode_options, self.engine.languages())
+            settings = stream_settings(
+                config, self.options, self.decode_options, self.engine.languages(),
+                have_turn_model=self.turn_model is not None,
+            )
             session = StreamSession(
                 settings, self._vad().stream(), self.engine, self.whisper, self.vad_pool, self.metrics,
-                self.stream_op.response,
+                self.stream_op.response, turn_model=self.turn_model, key=call.session_id or call.request_id,
             )
             async for event in session.events(requests):
                 yield event

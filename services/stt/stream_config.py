@@ -13,6 +13,7 @@ from typing import Any
 from core.errors import InvalidArgument
 from services.stt.engine import DecodeOptions
 from services.stt.options import SttOptions
+from services.stt.turn_config import TurnSettings, resolve_turn
 from services.stt.vad_config import SAMPLE_RATE, VadSettings, resolve_vad
 
 PARTIAL_INTERVAL_RANGE = (100, 60_000)
@@ -25,6 +26,7 @@ class StreamSettings:
     partials: bool
     partial_interval_s: float
     max_utterance_s: float
+    turn: TurnSettings
 
 
 async def read_config(requests: AsyncIterator[Any]) -> Any:
@@ -50,6 +52,8 @@ def stream_settings(
     options: SttOptions,
     decode_options: Callable[[str, int, str], DecodeOptions],
     languages: frozenset[str],
+    *,
+    have_turn_model: bool = False,
 ) -> StreamSettings:
     """Validate a StreamingConfig against the service options; zero fields take the defaults."""
     if config.sample_rate != SAMPLE_RATE:
@@ -77,7 +81,10 @@ def stream_settings(
         options.vad, threshold=v.threshold, min_speech_ms=v.min_speech_ms, end_silence_ms=v.end_silence_ms,
         pre_roll_ms=v.pre_roll_ms, where="config.vad",
     )
+    turn = resolve_turn(
+        options.turn, config.turn if config.HasField("turn") else None, have_model=have_turn_model
+    )
     return StreamSettings(
         vad=vad, decode=decode, partials=config.partials, partial_interval_s=interval / 1000,
-        max_utterance_s=options.max_utterance_s,
+        max_utterance_s=options.max_utterance_s, turn=turn,
     )

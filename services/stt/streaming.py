@@ -17,6 +17,15 @@ frame, a second config) ends the stream with INVALID_ARGUMENT after the events b
 other bytes are just audio, and noise is noise to the VAD. On cancel the
 tasks are cancelled; a Whisper decode already running (at most one, up to ``max_utterance_s``
 of audio) finishes in its thread and is dropped.
+
+End of turn (``turn_config``): at a short pause the reader reports SPEECH_PAUSED and queues a
+*speculative* final job for the utterance so far; in ``semantic`` mode it then asks the turn
+model (in the VAD pool) whether the turn is complete, and a "complete" ends the utterance at the
+pause. When the utterance ends with no speech since the pause, the speculative decode becomes its
+FINAL (a *hit*: the decode started up to ``max_wait_ms`` or ``end_silence_ms`` earlier); when
+speech resumes (SPEECH_RESUMED), it is thrown away (a *miss*: skipped if not started, its CPU
+time counted if it ran). A ``cancel`` message drops an utterance's final: a caller that refused
+the turn (admission control) frees the engine for the others.
 """
 
 from __future__ import annotations
@@ -25,8 +34,8 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +48,9 @@ from services.stt.stream_config import StreamSettings
 from services.stt.vad import FRAME, FrameScorer
 from services.stt.vad_config import SAMPLE_RATE
 from services.stt.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from services.stt.smart_turn import TurnModel
 
 MAX_FRAME_BYTES = 1 << 20
 """Largest audio message: 1 MiB, about 33 s of PCM16 at 16 kHz."""
@@ -62,6 +74,20 @@ class Job:
     final: bool
     ended_at: float = 0.0
     """``perf_counter`` when SPEECH_ENDED went out (finals)."""
+    speculation: Speculation | None = None
+    """Set on the speculative decode started at a pause."""
+
+
+@dataclass(slots=True, eq=False)
+class Speculation:
+    """The final decode started at a pause, and what became of it."""
+
+    job: Job | None = None
+    valid: bool = True
+    """No speech since the pause (and not cancelled): its transcript is the utterance's."""
+    result: tuple[Transcript, float] | None = None
+    commit: Job | None = None
+    """The utterance's final (its real end) once the turn ended: the result is sent as that FINAL."""
 
 
 def seconds(sample: int) -> float:
@@ -78,11 +104,28 @@ class StreamSession:
         vad_pool: WorkerPool,
         metrics: SttMetrics,
         response: Callable[..., Any],
+        turn_model: TurnModel | None = None,
+        key: str = "",
     ) -> None:
+        """``key`` names the stream in the worker pool's line (its finals take turns with other streams')."""
         self.s, self.scorer, self.engine = settings, scorer, engine
         self.whisper, self.vad_pool, self.metrics, self.response = whisper, vad_pool, metrics, response
+        self.turn_model = turn_model if settings.turn.detection == "semantic" else None
+        self.key = key or f"stream-{id(self)}"
         max_samples = int(settings.max_utterance_s * SAMPLE_RATE)
-        self.segmenter = Segmenter(settings.vad, max_samples)
+        turn = settings.turn
+        vad = settings.vad
+        if self.turn_model is not None:  # the wait after a pause is capped by max_wait_ms, not end_silence
+            vad = replace(vad, end_silence_ms=turn.max_wait_ms)
+        pause: int | None = turn.pause_samples
+        if self.turn_model is None and (not turn.speculation or turn.pause_ms >= vad.end_silence_ms):
+            pause = None  # VAD only, no speculation: nothing happens at a pause
+        self.segmenter = Segmenter(vad, max_samples, pause_samples=pause)
+        self.spec: Speculation | None = None
+        self.turn_probability = -1.0
+        self.ending: str | None = None
+        """Why the utterance is ending, when the reader decided it (semantic, end_of_input)."""
+        self.cancelled: set[int] = set()
         self.window = AudioWindow()
         self.pre_roll = settings.vad.samples(settings.vad.pre_roll_ms)
         self.utterance = 0
@@ -125,13 +168,32 @@ class StreamSession:
                 raise InvalidArgument(
                     "StreamingConfig may only be the first message of a stream; send audio frames after it"
                 )
+            if kind == "cancel":
+                self._cancel(req.cancel.utterance)
+                continue
             if kind != "audio":
-                raise InvalidArgument("every message after the first must carry 'audio' (PCM16 frames)")
+                raise InvalidArgument(
+                    "every message after the first must carry 'audio' (PCM16 frames) or 'cancel'"
+                )
             await self._audio(req.audio)
             await asyncio.sleep(0)  # let the transcriber and the output run between messages
+        self.ending = "end_of_input"
         for b in self.segmenter.finish(self.window.end):
             await self._boundary(b)
         await self.jobs.put(None)
+
+    def _cancel(self, utterance: int) -> None:
+        if not 0 <= utterance <= self.utterance:
+            raise InvalidArgument(
+                f"cancel.utterance {utterance} is not an utterance of this stream (0..{self.utterance}); "
+                "cancel only an utterance whose SPEECH_STARTED you saw"
+            )
+        if utterance in self.cancelled:
+            return
+        self.cancelled.add(utterance)
+        self.metrics.cancelled()
+        if self.spec is not None and self.spec.job is not None and self.spec.job.utterance == utterance:
+            self.spec.valid = False
 
     async def _audio(self, data: bytes) -> None:
         if len(data) > MAX_FRAME_BYTES:
@@ -153,8 +215,9 @@ class StreamSession:
         else:
             probs = self.scorer.push(samples)
         self.metrics.frames(probs.size)
-        for b in self.segmenter.feed(probs):
-            await self._boundary(b)
+        for i in range(probs.size):  # frame by frame: a decision at a pause (end_now) applies to what follows
+            for b in self.segmenter.feed(probs[i : i + 1]):
+                await self._boundary(b)
         phase = self.segmenter.phase
         if phase is Phase.SPEECH:
             self._maybe_partial()
@@ -178,16 +241,73 @@ class StreamSession:
             self.audio_from = max(b.sample - self.pre_roll, self.prev_end, self.window.first)
             self.last_partial = b.decided_at
             self.start_s = seconds(b.sample)
+            self.spec, self.turn_probability = None, -1.0
             self.out.put_nowait(self.response(type="SPEECH_STARTED", utterance=n, start_s=self.start_s))
-            return
-        end_s = seconds(b.sample)
-        self.out.put_nowait(
-            self.response(type="SPEECH_ENDED", utterance=n, start_s=self.start_s, end_s=end_s)
-        )
+        elif b.kind == "pause":
+            await self._paused(b)
+        elif b.kind == "resume":
+            self._resumed()
+            self.out.put_nowait(self.response(type="SPEECH_RESUMED", utterance=n, start_s=self.start_s))
+        else:
+            await self._ended(b)
+
+    async def _paused(self, b: Boundary) -> None:
+        n = self.utterance
+        self.out.put_nowait(self.response(
+            type="SPEECH_PAUSED", utterance=n, start_s=self.start_s, end_s=seconds(b.sample),
+            turn_probability=self.turn_probability,
+        ))
         audio = self.window.slice(self.audio_from, b.decided_at)
-        job = Job(n, audio, seconds(self.audio_from), self.start_s, end_s, True, time.perf_counter())
+        if self.s.turn.speculation and n not in self.cancelled:
+            self.spec = Speculation()
+            self.spec.job = Job(
+                n, audio, seconds(self.audio_from), self.start_s, seconds(b.sample), True, speculation=self.spec
+            )
+            await self.jobs.put(self.spec.job)
+        model = self.turn_model
+        if model is None:
+            return
+        started = time.perf_counter()
+        self.turn_probability = p = await self.vad_pool.run(lambda: model.probability(audio), admit=False)
+        complete = p >= self.s.turn.threshold
+        self.metrics.turn_decision(time.perf_counter() - started, complete)
+        if complete and (end := self.segmenter.end_now()) is not None:
+            self.ending = "semantic"
+            await self._ended(end)
+
+    def _resumed(self) -> None:
+        spec, self.spec = self.spec, None
+        if spec is None:
+            return
+        spec.valid = False
+        self.metrics.speculation("miss", spec.result[1] if spec.result is not None else 0.0)
+
+    async def _ended(self, b: Boundary) -> None:
+        n = self.utterance
+        reason = self.ending or (
+            "max_length" if b.forced else "max_wait" if self.turn_model is not None else "silence"
+        )
+        self.ending = None
+        self.metrics.ended(reason)
+        end_s = seconds(b.sample)
+        self.out.put_nowait(self.response(
+            type="SPEECH_ENDED", utterance=n, start_s=self.start_s, end_s=end_s, end_reason=reason,
+            turn_probability=self.turn_probability,
+            turn_detection="semantic" if self.turn_model is not None else "vad",
+        ))
+        job = Job(n, self.window.slice(self.audio_from, b.decided_at), seconds(self.audio_from), self.start_s,
+                  end_s, True, time.perf_counter())
         self.prev_end = b.decided_at
         self.utterance += 1
+        spec, self.spec = self.spec, None
+        if spec is not None and spec.valid:
+            self.metrics.speculation("hit", 0.0)
+            spec.commit = job
+            if spec.result is not None:  # the decode finished during the pause
+                self._final(job, *spec.result, speculative=True)
+            return
+        if n in self.cancelled:
+            return
         await self.jobs.put(job)  # waits when MAX_PENDING_FINALS are queued
 
     def _maybe_partial(self) -> None:
@@ -205,21 +325,38 @@ class StreamSession:
 
     async def _transcribe(self) -> None:
         while (job := await self.jobs.get()) is not None:
+            spec = job.speculation
+            if (spec is not None and not spec.valid) or (job.final and job.utterance in self.cancelled):
+                continue  # speech resumed, or the caller dropped the utterance, before the decode began
             self.busy = True
             try:
                 started = time.perf_counter()
                 decode = functools.partial(self.engine.transcribe, job.audio, self.s.decode)
-                transcript = await self.whisper.run(decode, admit=False)
+                transcript = await self.whisper.run(decode, admit=False, key=self.key, low=not job.final)
                 took = time.perf_counter() - started
             finally:
                 self.busy = False
             self.metrics.transcribed(job.audio.size / SAMPLE_RATE, took)
-            self.out.put_nowait(self._result(job, transcript, took))
-            if job.final:
-                self.metrics.final(time.perf_counter() - job.ended_at)
+            if spec is not None:
+                spec.result = (transcript, took)
+                if not spec.valid:  # speech resumed while it ran: the miss cost this much CPU
+                    self.metrics.speculation_wasted_s(took)
+                elif spec.commit is not None:
+                    self._final(spec.commit, transcript, took, speculative=True)
+            elif job.final:
+                self._final(job, transcript, took)
             else:
+                self.out.put_nowait(self._result(job, transcript, took))
                 self.metrics.partial("sent")
         self.out.put_nowait(None)
+
+    def _final(self, job: Job, transcript: Transcript, took: float, *, speculative: bool = False) -> None:
+        if job.utterance in self.cancelled:
+            return
+        resp = self._result(job, transcript, took)
+        resp.speculative = speculative
+        self.out.put_nowait(resp)
+        self.metrics.final(time.perf_counter() - job.ended_at)
 
     def _result(self, job: Job, t: Transcript, took: float) -> Any:
         resp = self.response(

@@ -95,6 +95,8 @@ class FakeStt:
     frames: list[bytes] = field(default_factory=list)
     configs: list[stt_pb2.StreamingConfig] = field(default_factory=list)
     streams: int = 0
+    cancels: list[int] = field(default_factory=list)
+    """Utterances whose final the conversation cancelled (CancelUtterance)."""
     _events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -117,8 +119,11 @@ class FakeStt:
 
         async def read() -> None:
             async for req in requests:
-                if req.WhichOneof("request") == "config":
+                kind = req.WhichOneof("request")
+                if kind == "config":
                     self.configs.append(req.config)
+                elif kind == "cancel":
+                    self.cancels.append(req.cancel.utterance)
                 else:
                     self.frames.append(req.audio)
             self._events.put_nowait(None)  # end of input: the fake ends the stream too

@@ -90,7 +90,7 @@ def kind(r: Any) -> str:
 def events_by_utterance(events: list[Any]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for e in events:
-        if kind(e) != "PARTIAL":
+        if kind(e) not in ("PARTIAL", "SPEECH_PAUSED", "SPEECH_RESUMED"):
             out.setdefault(e.utterance, []).append(kind(e))
     return out
 
@@ -270,3 +270,28 @@ async def test_hub_refusals_and_early_close(hub: CommunicationManager, stt: SttP
     await asyncio.to_thread(
         eventually, lambda: stt.metric("uv_stt_streams_active") == 0, 30, "the stream to close after aclose"
     )
+
+
+def test_semantic_turns_end_at_the_pause_and_hesitations_wait(
+    stt: SttProcess, speech_wav: Callable[[str], bytes]
+) -> None:
+    """The real Smart Turn model in the real service: a finished question ends at the pause (its final
+    is the speculative decode); a hesitation ending in a filler waits, and what follows joins it."""
+    def said(text: str) -> bytes:
+        return convert(speech_wav(text), 16000, 1).data
+
+    done = said("What time does the museum open tomorrow?")
+    hesitant = said("So I was wondering if") + silence(0.9) + said("you could book a table for four.")
+    semantic = {"turn": {"detection": stt_pb2.TURN_DETECTION_SEMANTIC}}
+    events = list(stream(stt, [config(**semantic), *audio_frames(silence(0.3) + done + silence(2.0))]))
+    ended = [e for e in events if kind(e) == "SPEECH_ENDED"]
+    finals = [e for e in events if kind(e) == "FINAL"]
+    assert len(ended) == 1 and ended[0].end_reason == "semantic" and ended[0].turn_probability > 0.5, ended
+    assert finals[0].speculative and "museum" in finals[0].text.lower()
+    events = list(stream(stt, [config(**semantic), *audio_frames(silence(0.3) + hesitant + silence(2.0))]))
+    kinds = [kind(e) for e in events]
+    assert kinds.count("SPEECH_ENDED") == 1 and "SPEECH_RESUMED" in kinds, [
+        (kind(e), e.end_reason, round(e.turn_probability, 3), round(e.end_s, 2), e.text) for e in events
+    ]
+    final = next(e for e in events if kind(e) == "FINAL")
+    assert "wondering" in final.text.lower() and "table" in final.text.lower(), final.text

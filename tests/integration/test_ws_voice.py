@@ -92,13 +92,15 @@ async def test_barge_in_stops_the_reply_and_the_next_turn_answers(main_proc: Mai
         c.speak(speech(FOLLOW_UP))  # talk over the reply as soon as it starts
         at = c.index(start)
         barge = await c.wait("speech_started", since=at)
+        pause = await c.wait("pause", since=at)  # held at once; interrupted once the speech proves itself
         flush = await c.wait("flush", since=at)
         first = await c.wait("turn_complete")
         second = await c.wait("turn_complete", 2)
-    i_barge, i_flush = c.index(barge), c.index(flush)
+    i_barge, i_pause, i_flush = c.index(barge), c.index(pause), c.index(flush)
     next_start = c.index(c.events("audio_start", since=i_flush)[0])
-    after_speech = len(c.audio(i_barge, next_start)) / 2 / OUT_RATE
+    after_speech = len(c.audio(i_barge, i_pause)) / 2 / OUT_RATE
     assert after_speech <= 0.3, f"{after_speech:.3f} s of reply audio after the barge-in was detected"
+    assert i_barge < i_pause < i_flush
     assert c.audio(i_flush, next_start) == b"", "audio of the interrupted reply came after the flush"
     assert first["outcome"] == "interrupted" and first["interrupted"] is True
     said = normalize(c.text(0, i_flush))

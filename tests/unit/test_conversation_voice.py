@@ -40,7 +40,7 @@ async def test_vad_events_become_a_turn_with_voice_to_voice() -> None:
         r.hub.stt.push("SPEECH_ENDED", 0, start_s=0.2, end_s=0.6)
         r.hub.stt.push("FINAL", 0, text=" what is the capital ", start_s=0.2, end_s=0.6)
         done = await sink.wait_for("turn_complete")
-    assert sink.types()[:3] == ["speech_started", "transcript", "transcript"]
+    assert sink.types()[:4] == ["speech_started", "transcript", "speech_ended", "transcript"]
     assert [e["final"] for e in sink.events("transcript")] == [False, True]
     assert done["outcome"] == "ok" and done["user_text"] == "what is the capital"
     report = sink.events("latency")[0]["report"]

@@ -91,3 +91,37 @@ def test_segments_of_a_clip_clamp_to_its_length() -> None:
     total = len(p) * FRAME - 200  # the last frame was zero-padded
     assert segments(p, SETTINGS, total) == [(10 * FRAME, 30 * FRAME), (50 * FRAME, total)]
     assert segments(probs((0.0, 50)), SETTINGS, 50 * FRAME) == []
+
+
+# pause_samples 160 ms = 5 frames: a pause is reported once per silence run, before the end.
+def test_a_pause_is_reported_once_then_the_end() -> None:
+    seg = Segmenter(SETTINGS, pause_samples=5 * FRAME)
+    out = seg.feed(probs((0.9, 20), (0.0, 12)))
+    assert [b.kind for b in out] == ["start", "pause", "end"]
+    assert out[1] == Boundary("pause", 20 * FRAME, 25 * FRAME)
+    assert out[2] == Boundary("end", 20 * FRAME, 30 * FRAME)
+
+
+def test_speech_after_a_pause_is_a_resume_and_the_utterance_goes_on() -> None:
+    seg = Segmenter(SETTINGS, pause_samples=5 * FRAME)
+    out = seg.feed(probs((0.9, 20), (0.0, 7), (0.9, 10), (0.0, 12)))
+    assert [b.kind for b in out] == ["start", "pause", "resume", "pause", "end"]
+    assert out[2] == Boundary("resume", 27 * FRAME, 28 * FRAME)
+    assert out[-1] == Boundary("end", 37 * FRAME, 47 * FRAME)
+
+
+def test_a_silence_shorter_than_the_pause_reports_nothing() -> None:
+    seg = Segmenter(SETTINGS, pause_samples=5 * FRAME)
+    out = seg.feed(probs((0.9, 20), (0.0, 4), (0.9, 5)))
+    assert [b.kind for b in out] == ["start"]
+
+
+def test_end_now_ends_at_the_pause_and_only_in_one() -> None:
+    seg = Segmenter(SETTINGS, pause_samples=5 * FRAME)
+    assert seg.end_now() is None  # idle
+    seg.feed(probs((0.9, 20)))
+    assert seg.end_now() is None  # speaking, no silence yet
+    seg.feed(probs((0.0, 6)))
+    assert seg.end_now() == Boundary("end", 20 * FRAME, 26 * FRAME)
+    assert seg.phase is Phase.IDLE and not seg.paused
+    assert [b.kind for b in seg.feed(probs((0.0, 20), (0.9, 4)))] == ["start"]  # the next utterance

@@ -6,6 +6,7 @@ or the environment.
 
 from core.config.loader import load_settings
 from core.config.models import (
+    DEFAULT_TURN_TAKING,
     HealthPolicy,
     LogPolicy,
     ProfileConfig,
@@ -14,9 +15,11 @@ from core.config.models import (
     RestartPolicy,
     ServiceConfig,
     Settings,
+    TurnTaking,
 )
 
 __all__ = [
+    "DEFAULT_TURN_TAKING",
     "HealthPolicy",
     "LogPolicy",
     "ProfileConfig",
@@ -25,5 +28,6 @@ __all__ = [
     "RestartPolicy",
     "ServiceConfig",
     "Settings",
+    "TurnTaking",
     "load_settings",
 ]

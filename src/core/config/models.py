@@ -189,6 +189,53 @@ class HubConfig(_Strict):
     breaker_reset_s: float = Field(5.0, gt=0, description="Open time before one half-open probe is let through.")
 
 
+class TurnTaking(_Strict):
+    """How a voice conversation takes turns: when the user's turn ends, and what counts as a barge-in.
+
+    Every field is optional here: an agent (``turn:`` in its YAML) or a session (the WebSocket
+    ``config`` message, ``turn`` object) sets only what it changes, over ``conversation.turn``.
+    """
+
+    detection: Literal["vad", "semantic"] | None = Field(
+        None, description="'semantic': the end-of-turn model decides at a short pause; 'vad': a fixed silence.",
+    )
+    pause_ms: int | None = Field(
+        None, ge=60, le=2000, description="Pause that asks the turn model and starts the speculative final decode.",
+    )
+    max_wait_ms: int | None = Field(
+        None, ge=200, le=10_000, description="Semantic: the longest silence before the turn ends anyway.",
+    )
+    threshold: float | None = Field(
+        None, ge=0.01, le=0.99, description="Semantic: P(complete) at or above which the turn ends at the pause.",
+    )
+    speculation: bool | None = Field(None, description="Start the final transcription at the pause.")
+    barge_in_min_speech_ms: int | None = Field(
+        None, ge=0, le=5000,
+        description="While a reply plays, speech must last this long to interrupt it (0: at once).",
+    )
+    barge_in_min_words: int | None = Field(
+        None, ge=0, le=20,
+        description="...or say this many words (0: duration only). Less than that pauses the reply, then resumes it.",
+    )
+    resume_after_ms: int | None = Field(
+        None, ge=200, le=10_000,
+        description="A paused reply resumes when no words come within this long after the noise stopped.",
+    )
+    echo_cancellation: bool | None = Field(
+        None, description="Remove the reply's own audio from the microphone (clients without echo cancellation).",
+    )
+
+    def over(self, base: TurnTaking) -> TurnTaking:
+        """``base`` with this one's set fields on top."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+DEFAULT_TURN_TAKING = TurnTaking(
+    detection="semantic", pause_ms=200, max_wait_ms=1600, threshold=0.5, speculation=True,
+    barge_in_min_speech_ms=500, barge_in_min_words=1, resume_after_ms=1500, echo_cancellation=True,
+)
+
+
 class ConversationConfig(_Strict):
     """Sessions, turns and the conversation gateway (REST, WebSocket, polling)."""
 
@@ -206,7 +253,12 @@ class ConversationConfig(_Strict):
     max_audio_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest uploaded or buffered utterance.")
     max_ws_frame_bytes: int = Field(256 * 1024, ge=1, description="Largest single WebSocket frame.")
     rate_limit_per_minute: int = Field(120, ge=1, description="REST requests per client per minute.")
-    end_silence_ms: int = Field(600, ge=100, description="End-of-turn silence for voice sessions.")
+    end_silence_ms: int = Field(600, ge=100, description="End-of-turn silence for voice sessions (turn.detection vad).")
+    turn: TurnTaking = Field(
+        default_factory=TurnTaking,  # type: ignore[arg-type]
+        description="Turn-taking for voice sessions; unset fields take the built-in defaults (semantic turns, "
+                    "speculation, barge-in after 500 ms or one word, echo cancellation).",
+    )
     reply_audio_ttl_s: float = Field(600, gt=0, description="How long REST reply audio URLs stay fetchable.")
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.config import TurnTaking
 from core.errors import InvalidArgument
 
 TYPES = ("config", "text", "interrupt", "reset", "end")
@@ -30,6 +31,9 @@ class VoiceConfig(BaseModel):
     sample_rate: int | None = Field(default=None, ge=MIN_RATE, le=MAX_RATE, description="Reply audio rate (PCM16).")
     end_silence_ms: int | None = Field(default=None, ge=100, le=5000, description="Silence that ends a turn.")
     partials: bool = Field(default=False, description="Send partial transcripts while the user speaks.")
+    turn: TurnTaking | None = Field(
+        default=None, description="Turn-taking for this session, over the agent's and the server's (what it sets).",
+    )
 
 
 class TextMessage(BaseModel):

@@ -56,7 +56,22 @@ class TurnMetrics:
             "ultravox_barge_ins", "Replies cut short because the user spoke (or asked) over them.",
             registry=registry,
         )
+        self.barge_in_checks = Counter(
+            "ultravox_barge_in_checks",
+            "Speech over a reply, held as a possible interruption: confirmed (it lasted or had words: the reply "
+            "stopped) or resumed (a noise, a cough, the reply's own echo: the paused reply went on).",
+            ["outcome"], registry=registry,
+        )
+        self.echo_frames = Counter(
+            "ultravox_echo_frames",
+            "Microphone frames while a reply played: echo removed (passed on cleaned) or suppressed (silenced).",
+            ["action"], registry=registry,
+        )
         self.errors = error_metrics(registry)
+        for outcome in ("confirmed", "resumed"):
+            self.barge_in_checks.labels(outcome)
+        for action in ("cleaned", "suppressed"):
+            self.echo_frames.labels(action)
         for stage in STAGE_KEYS.values():
             self.stages.labels(stage)
         for outcome in OUTCOMES:

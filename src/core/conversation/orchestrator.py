@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from core.config.models import ConversationConfig
+from core.config.models import ConversationConfig, TurnTaking
 from core.context import ProcessContext
 from core.conversation.audio import resample_pcm16, wav_to_pcm16k
 from core.conversation.metrics import TurnMetrics
@@ -40,6 +40,8 @@ from core.sessions import Admission, Recorder, SessionManager
 from uvpb import common_pb2, stt_pb2
 
 STT_DEADLINE_S = 60.0
+HOLD_CHECK_S = 0.25
+"""While holding for playback, how often a pause (which moves the end) is looked at."""
 Hear = Callable[[Turn], Awaitable[None]]
 
 
@@ -84,12 +86,15 @@ class Orchestrator:
 
     def voice(
         self, session: Session, sink: EventSink, *, out_rate: int, end_silence_ms: int | None = None,
-        partials: bool = False,
+        partials: bool = False, turn: TurnTaking | None = None,
     ) -> VoiceConversation:
-        """A streaming voice conversation (an async context manager); see :class:`VoiceConversation`."""
+        """A streaming voice conversation (an async context manager); see :class:`VoiceConversation`.
+
+        ``turn``: the session's own turn-taking settings, over the agent's and ``conversation.turn``.
+        """
         return VoiceConversation(
             self, session, self.metrics.watch(sink), out_rate=out_rate,
-            end_silence_ms=end_silence_ms or self.config.end_silence_ms, partials=partials,
+            end_silence_ms=end_silence_ms or self.config.end_silence_ms, partials=partials, turn=turn,
         )
 
     async def run(self, turn: Turn, *, hear: Hear | None = None, hold_playback: bool = False) -> TurnRecord:
@@ -180,14 +185,18 @@ class Orchestrator:
         await turn.sink.send_event({"type": "flush", "turn_id": turn.turn_id})
 
     async def _hold_playback(self, turn: Turn) -> None:
-        end = turn.speech.playback_end() if turn.speech is not None else None
-        if end is None or (remaining := end - time.monotonic()) <= 0:
+        """Wait out the reply's playback (its end moves while a pause holds it), or an interruption."""
+        speech = turn.speech
+        while speech is not None and (end := speech.playback_end()) is not None:
+            remaining = end - time.monotonic()
+            if remaining <= 0 and not speech.paused:
+                return
+            try:
+                await asyncio.wait_for(turn.wait_interrupt(), min(max(remaining, 0.0), HOLD_CHECK_S) or HOLD_CHECK_S)
+            except TimeoutError:
+                continue
+            await self._interrupted(turn)
             return
-        try:
-            await asyncio.wait_for(turn.wait_interrupt(), remaining)
-        except TimeoutError:
-            return
-        await self._interrupted(turn)
 
     async def _send_latency(self, turn: Turn) -> None:
         await turn.sink.send_event({"type": "latency", "turn_id": turn.turn_id, "report": turn.report.to_dict()})

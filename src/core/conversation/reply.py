@@ -16,11 +16,14 @@ from collections.abc import Mapping
 from core.conversation.chunker import SpeakableChunker
 from core.conversation.speech import SpeechOutput
 from core.conversation.turn import Turn, describe
+from core.conversation.types import Session
 from core.errors import CallError
 from core.managers.hub import CommunicationManager
-from uvpb import llm_pb2
+from uvpb import llm_pb2, tts_pb2
 
 LLM_DEADLINE_S = 120.0
+PHRASE_DEADLINE_S = 20.0
+MAX_CACHED_PHRASES = 64
 
 
 class ReplyPipeline:
@@ -31,6 +34,7 @@ class ReplyPipeline:
         """``keep_audio``: keep each reply's audio on its turn (recordings are on)."""
         self.hub, self.log, self.first_min_words, self.keep_audio = hub, log, first_min_words, keep_audio
         self.llm, self.tts = services["llm"], services["tts"]
+        self._phrases: dict[tuple[str, str, str, int, str], bytes] = {}
 
     def speech_for(self, turn: Turn) -> SpeechOutput:
         agent = turn.session.agent
@@ -69,6 +73,30 @@ class ReplyPipeline:
         speech = self.speech_for(turn)
         await self._phrase_into(turn, speech, text)
         await self._finish(turn, speech)
+
+    async def cached_phrase(self, session: Session, text: str, out_rate: int) -> bytes:
+        """``text`` in the session's voice as PCM16 at ``out_rate``, synthesized once and then kept.
+
+        For phrases spoken outside a turn (the busy phrase of a refused turn), where nothing may queue.
+        """
+        agent = session.agent
+        voice, language = session.voice or agent.voice, session.language or agent.language
+        key = (voice, agent.tts_engine, language, out_rate, text)
+        if (pcm := self._phrases.get(key)) is not None:
+            return pcm
+        request = tts_pb2.SynthesizeRequest(
+            text=text, voice=voice, language=language, engine=agent.tts_engine, format="pcm", sample_rate=out_rate
+        )
+        audio = bytearray()
+        stream = self.hub.stream(self.tts, "SynthesizeStream", request, deadline_s=PHRASE_DEADLINE_S)
+        async with contextlib.aclosing(stream) as pieces:
+            async for piece in pieces:
+                assert isinstance(piece, tts_pb2.SynthesisChunk)
+                audio += piece.audio
+        if len(self._phrases) >= MAX_CACHED_PHRASES:
+            self._phrases.pop(next(iter(self._phrases)))
+        self._phrases[key] = pcm = bytes(audio)
+        return pcm
 
     async def _generate(
         self, turn: Turn, request: llm_pb2.GenerateRequest, chunker: SpeakableChunker, speech: SpeechOutput

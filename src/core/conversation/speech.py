@@ -7,7 +7,9 @@ at most ``FRAME_S``. The first audio sent opens the reply with ``audio_start``. 
 is reported once (an ``error`` event with ``stage: "tts"``) and silences the rest of the
 reply; the text has already reached the client as ``llm_text``. The sender keeps a playback
 timeline (where each chunk starts in the reply's audio), so a barge-in can tell which part of
-the reply the user actually heard.
+the reply the user actually heard. A *paused* reply (:meth:`SpeechOutput.pause`, while the
+conversation finds out whether a noise was a real interruption) keeps generating and sending; the
+client holds playback, and the time spent paused moves the playback timeline on resume.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class SpeechOutput:
         self.bytes_sent = 0
         self._keep_audio = keep_audio
         self.first_sent_at: float | None = None
+        self.paused_at: float | None = None
+        self.paused_s = 0.0
+        """Total time playback was held by pauses that have ended."""
         self._slots = asyncio.Semaphore(parallel)
         self._order: asyncio.Queue[_Chunk | None] = asyncio.Queue()
         self._sender = asyncio.create_task(self._send_all(), name="speech-sender")
@@ -84,11 +89,33 @@ class SpeechOutput:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def pause(self, at: float | None = None) -> None:
+        """The client holds playback from ``at`` (a possible interruption is being checked)."""
+        if self.paused_at is None:
+            self.paused_at = time.monotonic() if at is None else at
+
+    def resume(self, at: float | None = None) -> None:
+        """Playback goes on from where it was held."""
+        if self.paused_at is not None:
+            self.paused_s += max(0.0, (time.monotonic() if at is None else at) - self.paused_at)
+            self.paused_at = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+    def played_s(self, now: float | None = None) -> float:
+        """Seconds of the reply played by ``now`` (assuming playback began on receipt and pauses held it)."""
+        if self.first_sent_at is None:
+            return 0.0
+        until = self.paused_at if self.paused_at is not None else (time.monotonic() if now is None else now)
+        return min(self.seconds_sent, max(0.0, until - self.first_sent_at - self.paused_s))
+
     def heard_text(self, now: float | None = None) -> str:
-        """The chunks whose audio had started playing by ``now`` (assuming playback began on receipt)."""
+        """The chunks whose audio had started playing by ``now``."""
         if self.first_sent_at is None:
             return ""
-        played = (time.monotonic() if now is None else now) - self.first_sent_at
+        played = self.played_s(now)
         return " ".join(c.text for c in self.chunks if 0 <= c.start_s <= played)
 
     def queued_text(self) -> str:
@@ -96,10 +123,14 @@ class SpeechOutput:
         return " ".join(c.text for c in self.chunks)
 
     def playback_end(self) -> float | None:
-        """When the client should finish playing what was sent (monotonic), if anything was."""
+        """When the client should finish playing what was sent (monotonic), if anything was.
+
+        While paused the end keeps moving; it is estimated as if playback resumed now.
+        """
         if self.first_sent_at is None:
             return None
-        return self.first_sent_at + self.seconds_sent
+        held = self.paused_s + (time.monotonic() - self.paused_at if self.paused_at is not None else 0.0)
+        return self.first_sent_at + self.seconds_sent + held
 
     async def _synthesize(self, chunk: _Chunk) -> None:
         request = tts_pb2.SynthesizeRequest(

@@ -98,7 +98,8 @@ class SttStream:
         """When the client ended the utterance itself (push-to-talk), if it did."""
         self.ends: dict[int, tuple[float | None, float]] = {}
         """Utterance -> (speech end, turn end detected) as monotonic times."""
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | int | None] = asyncio.Queue()
+        """Audio to send; an int is an utterance whose final is no longer wanted (CancelUtterance)."""
         self._deadline_s, self._metadata, self._protocol = deadline_s, metadata, protocol
         self.task = asyncio.create_task(self._run(), name="stt-stream")
 
@@ -110,6 +111,11 @@ class SttStream:
         self.clock.add(len(pcm) // 2, at)
         if self.tape is not None:
             self.tape.add(pcm)
+
+    def cancel(self, utterance: int) -> None:
+        """The final of ``utterance`` is not wanted (its turn was refused): the service skips its decode."""
+        if not self.input_ended:
+            self._queue.put_nowait(utterance)
 
     def end_input(self, *, ptt_at: float | None = None) -> None:
         """No more audio: the service ends an utterance in progress (SPEECH_ENDED, FINAL) and the stream."""
@@ -126,9 +132,12 @@ class SttStream:
 
     async def _requests(self) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
         yield stt_pb2.StreamingRecognizeRequest(config=self.config)
-        while (pcm := await self._queue.get()) is not None:
-            self.pending_bytes -= len(pcm)
-            yield stt_pb2.StreamingRecognizeRequest(audio=pcm)
+        while (item := await self._queue.get()) is not None:
+            if isinstance(item, int):
+                yield stt_pb2.StreamingRecognizeRequest(cancel=stt_pb2.CancelUtterance(utterance=item))
+                continue
+            self.pending_bytes -= len(item)
+            yield stt_pb2.StreamingRecognizeRequest(audio=item)
 
     async def _run(self) -> None:
         error: BaseException | None = None

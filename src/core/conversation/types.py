@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.config import TurnTaking
+
 
 class AgentConfig(BaseModel):
     """A named agent (``config/agents/<name>.yaml``): how the assistant behaves and sounds."""
@@ -33,6 +35,14 @@ class AgentConfig(BaseModel):
         description="Spoken when the LLM fails.",
     )
     not_heard_phrase: str = Field("Sorry, I didn't catch that.", description="Spoken when STT fails or hears nothing.")
+    busy_phrase: str = Field(
+        "One moment, please. I'm busy right now; say that again in a few seconds.",
+        description="Spoken when a turn is refused because every slot is busy (admission control).",
+    )
+    turn: TurnTaking = Field(
+        default_factory=TurnTaking,  # type: ignore[arg-type]
+        description="Turn-taking for this agent's voice sessions, over conversation.turn (only what it sets).",
+    )
 
 
 Role = Literal["user", "assistant"]
@@ -139,9 +149,11 @@ class TurnRecord:
 class EventSink(Protocol):
     """Where a turn's output goes (a WebSocket, a polling queue, a REST collector).
 
-    Events are JSON-able dicts with a ``type``: ready, speech_started, transcript
-    (``final: bool``), llm_text (``delta``), audio_start (``sample_rate``), audio_end, flush,
-    latency, error (``code``, ``message``, ``stage``), turn_complete. Audio is PCM16 mono at the
+    Events are JSON-able dicts with a ``type``: ready, speech_started, speech_ended (``reason``:
+    semantic, silence, max_wait...), transcript (``final: bool``), llm_text (``delta``),
+    audio_start (``sample_rate``), audio_end, pause and resume (hold and go on playing the reply:
+    a possible interruption is being checked), flush, latency, error (``code``, ``message``,
+    ``stage``), turn_complete. Audio is PCM16 mono at the
     rate the client chose, sent as separate binary frames in order.
     """
 

@@ -167,13 +167,15 @@ class VoiceEndpoint:
         rate = self._fixed_rate or voice.sample_rate or self.cfg.output_sample_rate
         self.voice = voice.model_copy(update={"session_id": session.id, "agent": None})
         self.conv = self.rt.orchestrator.voice(
-            session, self.sink, out_rate=rate, end_silence_ms=voice.end_silence_ms, partials=voice.partials
+            session, self.sink, out_rate=rate, end_silence_ms=voice.end_silence_ms, partials=voice.partials,
+            turn=voice.turn,
         )
         session_id_var.set(session.id)  # this task's logs; the conversation sets it where it runs (voice.py)
         await self.sink.send_event({
             "type": "ready", "session_id": session.id, "agent": session.agent.name, "voice": session.voice,
             "language": session.language, "sample_rate": rate, "input_sample_rate": 16000,
             "turns": session.turn_count, "max_frame_bytes": self.cfg.max_ws_frame_bytes,
+            "turn": self.conv.policy.model_dump(),
         })
 
 

@@ -45,7 +45,7 @@ export class AudioGraph {
     return node;
   }
 
-  // uv-player -> speakers; returns {push(ArrayBuffer, rate), flush()}; onReport gets its reports.
+  // uv-player -> speakers; returns {push(ArrayBuffer, rate), flush(), pause(), resume()}; onReport gets its reports.
   player(onReport) {
     const node = this.track(new AudioWorkletNode(this.ctx, "uv-player", { outputChannelCount: [1] }));
     node.port.onmessage = (e) => onReport(e.data);
@@ -53,6 +53,8 @@ export class AudioGraph {
     return {
       push: (pcm, rate) => node.port.postMessage({ type: "pcm", pcm, rate }, [pcm]),
       flush: () => node.port.postMessage({ type: "flush" }),
+      pause: () => node.port.postMessage({ type: "pause" }),
+      resume: () => node.port.postMessage({ type: "resume" }),
     };
   }
 

@@ -72,13 +72,17 @@ class PlayerProcessor extends AudioWorkletProcessor {
     this.played = 0;
     this.sinceReport = 0;
     this.wasPlaying = false;
+    this.paused = false; // a possible interruption is being checked: hold playback, keep the queue
     this.carry = 0; // last input sample of the previous chunk, for interpolation
     this.t = 0; // fractional read position of the resampler
     this.port.onmessage = (e) => this.onMessage(e.data);
   }
 
   onMessage(msg) {
-    if (msg.type === "flush") {
+    if (msg.type === "pause" || msg.type === "resume") {
+      this.paused = msg.type === "pause";
+    } else if (msg.type === "flush") {
+      this.paused = false;
       this.queue = [];
       this.head = 0;
       this.queued = 0;
@@ -118,7 +122,7 @@ class PlayerProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     let w = 0;
-    while (w < out.length && this.queue.length) {
+    while (!this.paused && w < out.length && this.queue.length) {
       const chunk = this.queue[0];
       const n = Math.min(out.length - w, chunk.length - this.head);
       out.set(chunk.subarray(this.head, this.head + n), w);

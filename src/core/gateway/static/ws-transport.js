@@ -47,6 +47,10 @@ export class WsTransport {
           }
         } else if (event.type === "flush") {
           this.player.flush();
+        } else if (event.type === "pause") {
+          this.player.pause();
+        } else if (event.type === "resume") {
+          this.player.resume();
         }
         this.hooks.onEvent(event);
       };

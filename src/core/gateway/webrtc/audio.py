@@ -64,6 +64,8 @@ class PlayoutBuffer:
         self._size = 0
         self._reply_pushed_at: float | None = None
         self._new_reply = False
+        self.paused = False
+        """Playback held (a possible interruption is being checked): ticks play silence, audio stays queued."""
 
     @property
     def pending_bytes(self) -> int:
@@ -97,7 +99,7 @@ class PlayoutBuffer:
 
     def pop(self, now: float | None = None) -> bytes:
         """One frame: queued audio, padded with silence when less than a frame waits (all silence when idle)."""
-        if not self._size:
+        if not self._size or self.paused:
             return bytes(self.frame_bytes)
         if self._reply_pushed_at is not None and self.first_wait_s is None:
             self.first_wait_s = max(0.0, (time.monotonic() if now is None else now) - self._reply_pushed_at)

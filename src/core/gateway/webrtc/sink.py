@@ -64,8 +64,12 @@ class WebRtcSink:
         kind = event.get("type")
         if kind == "flush":
             self.buffer.flush()
+            self.buffer.paused = False
+        elif kind in ("pause", "resume"):
+            self.buffer.paused = kind == "pause"
         elif kind == "audio_start":
             self.buffer.start_reply()
+            self.buffer.paused = False
             self._reply_open, self._warned_drop = True, False
         elif kind == "speech_started":
             self._resample_from = self.inbound.resample_s
