@@ -24,10 +24,10 @@ from scripts.bench._voice_ws import TurnResult, VoiceClient
 
 
 async def session(url: str, out_rate: int, utterances: Sequence[Utterance], *, delay_s: float,
-                  within_s: float) -> list[TurnResult]:
+                  within_s: float, turn: dict[str, Any] | None = None) -> list[TurnResult]:
     await asyncio.sleep(delay_s)
     results = []
-    async with VoiceClient.open(url, out_rate) as client:
+    async with VoiceClient.open(url, out_rate, turn=turn) as client:
         for i, utt in enumerate(utterances):
             if i:
                 await client.reset()
@@ -36,12 +36,12 @@ async def session(url: str, out_rate: int, utterances: Sequence[Utterance], *, d
 
 
 async def run_level(url: str, out_rate: int, pool: Sequence[Utterance], sessions: int, turns: int, *,
-                    within_s: float, seed: int) -> list[TurnResult]:
+                    within_s: float, seed: int, turn: dict[str, Any] | None = None) -> list[TurnResult]:
     """``sessions`` concurrent sessions of ``turns`` turns each; utterances taken round-robin from ``pool``."""
     rng = random.Random(seed)
     plans = [[pool[(s * turns + k) % len(pool)] for k in range(turns)] for s in range(sessions)]
     done = await asyncio.gather(*(
-        session(url, out_rate, plan, delay_s=rng.uniform(0, 1.0), within_s=within_s) for plan in plans
+        session(url, out_rate, plan, delay_s=rng.uniform(0, 1.0), within_s=within_s, turn=turn) for plan in plans
     ))
     return [t for per_session in done for t in per_session]
 

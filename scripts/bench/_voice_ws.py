@@ -86,13 +86,16 @@ class VoiceClient:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, url: str, out_rate: int, *, within_s: float = 30, voice: str | None = None
+        cls, url: str, out_rate: int, *, within_s: float = 30, voice: str | None = None,
+        turn: dict[str, Any] | None = None,
     ) -> AsyncIterator[VoiceClient]:
+        """``turn``: the session's turn-taking settings (the ``config`` message's ``turn``)."""
         async with connect(url, max_size=None, open_timeout=within_s) as ws:
             client = cls(ws, out_rate)
             client._tasks = [asyncio.create_task(client._read())]
             try:
-                config = {"type": "config", "sample_rate": out_rate, **({"voice": voice} if voice else {})}
+                config = {"type": "config", "sample_rate": out_rate, **({"voice": voice} if voice else {}),
+                          **({"turn": turn} if turn is not None else {})}
                 await ws.send(json.dumps(config))
                 await client.wait_for(lambda: client.events("ready"), within_s, "ready")
                 client._tasks.append(asyncio.create_task(client._mic()))
@@ -178,11 +181,13 @@ class VoiceClient:
                 or (e["type"] == "error" and e.get("turn_id") and not e.get("stage"))]
 
     def _settled(self, mark: int) -> bool:
+        """Every utterance heard has ended (``speech_ended``) and each of those turns has ended: a
+        refused turn has no final transcript (its transcription is cancelled), only its error."""
         if self.speech_end_sent is None:
             return False
         started = len(self.events("speech_started", mark))
-        finals = [e for e in self.events("transcript", mark) if e.get("final")]
-        return bool(finals) and len(finals) >= started and len(self._ends(mark)) >= len(finals)
+        ended = len(self.events("speech_ended", mark))
+        return ended >= max(1, started) and len(self._ends(mark)) >= ended
 
     def _collect(self, res: TurnResult, mark: int) -> None:
         items = self.items[mark:]
@@ -202,8 +207,9 @@ class VoiceClient:
         if rejections and not done:
             res.rejected, res.outcome = True, "rejected"
             rej_at = next(t for t, i in items if i is rejections[0])
-            final_at = next((t for t, i in items if isinstance(i, dict) and i.get("final")), self.speech_end_sent)
-            res.reject_after_s = None if final_at is None else round(rej_at - final_at, 4)
+            ended_at = next((t for t, i in items if isinstance(i, dict) and i.get("type") == "speech_ended"),
+                            self.speech_end_sent)
+            res.reject_after_s = None if ended_at is None else round(rej_at - ended_at, 4)
         elif ends and not done:
             res.outcome = "error"
         if self.speech_end_sent is not None:

@@ -1,6 +1,7 @@
 """Voice-to-voice benchmark: /ws/voice streaming beside the sequential and engine-floor baselines, plus load.
 
     .venv/bin/python scripts/bench/voice.py [--quick] [--utterances N] [--levels 1,2,4,8] [--out FILE]
+    .venv/bin/python scripts/bench/voice.py --turn-taking [--levels 1,2,4,8,12]   (the A/B of _voice_turns)
 
 One run starts its own ``main.py`` (free port, free service ports, ``UV_VAR_DIR`` under
 var/bench/voice-run) and, on those services:
@@ -43,8 +44,17 @@ from core.config import load_settings
 from scripts.bench import _voice_baselines as baselines
 from scripts.bench._voice_load import LoadSampler, run_level, typed_burst
 from scripts.bench._voice_report import accuracy, check_targets, load_row, print_report, summarize
-from scripts.bench._voice_speech import ESPEAK_HINT, QUESTIONS, SOURCES, Utterance, espeak_binary, make_utterances
+from scripts.bench._voice_speech import (
+    ESPEAK_HINT,
+    QUESTIONS,
+    SOURCES,
+    Utterance,
+    espeak_binary,
+    make_utterances,
+    project_tts,
+)
 from scripts.bench._voice_stack import ROOT, MainStack
+from scripts.bench._voice_turns import HESITANT, HESITATION_S, TurnTakingBench, print_turns
 from scripts.bench._voice_ws import TurnResult, VoiceClient
 
 OUT_RATE = 24000
@@ -77,6 +87,8 @@ class Bench:
         await self.stack.wait_healthy(self.args.startup_timeout)
         self.sections["startup_s"] = round(time.monotonic() - t, 1)
         url = self.stack.url
+        if self.args.turn_taking:
+            return await self.turn_taking()
         agent = await baselines.resolve_agent(self.http, url, self.agents_dir, self.conv.default_agent)
         voices = await self.source_voices()
         t = time.monotonic()
@@ -96,6 +108,29 @@ class Bench:
             "accuracy": accuracy(stream, seq), "targets": check_targets(summary, stream, load, self.silence_s),
             "load": load, "streaming": stream, "sequential": seq, "floor": floor,
         }
+
+    async def turn_taking(self) -> dict[str, Any]:
+        """The turn-taking A/B (scripts/bench/_voice_turns.py) instead of the classic sections."""
+        url = self.stack.url
+        voices = {k: v for k, v in (await self.source_voices()).items() if k != "espeak"}
+        utts = await make_utterances(self.http, url, list(QUESTIONS[: self.args.utterances]), voices)
+        piper = voices.get("piper") or next(iter(voices.values()))
+        hesitant = []
+        for i, (head, tail) in enumerate(HESITANT, 1):
+            pcm = await project_tts(self.http, url, head, piper) + b"\x00\x00" * int(16000 * HESITATION_S)
+            pcm += await project_tts(self.http, url, tail, piper)
+            hesitant.append(Utterance(f"hesitant-{i}", "piper", piper, f"{head} ... {tail}", pcm))
+        warm = utts[0]
+        async with VoiceClient.open(self.stack.ws_url, OUT_RATE) as client:
+            await client.turn(warm, within_s=self.args.turn_timeout)  # warm-up, not counted
+        bench = TurnTakingBench(url, self.stack.ws_url, self.http, say, levels=self.args.levels,
+                                load_timeout=self.args.load_timeout)
+        rep = await bench.run(utts, hesitant)
+        rep["utterances"] = [u.info() for u in utts + hesitant]
+        rep["config"] = {"end_silence_ms": self.conv.end_silence_ms, "turn": self.conv.turn.model_dump(),
+                         "max_concurrent_turns": self.conv.max_concurrent_turns,
+                         "admission_wait_s": self.conv.admission_wait_s}
+        return rep
 
     async def source_voices(self) -> dict[str, str]:
         out = {}
@@ -199,11 +234,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(), "python": platform.python_version(),
         "cpus": os.cpu_count(), "elapsed_s": round(time.monotonic() - started, 1), "sections_s": bench.sections,
         "utterances": len(rep["utterances"]), "levels": args.levels, "load_turns": args.load_turns,
-        "end_silence_s": bench.silence_s, "agent": rep["agent"], "var_dir": str(args.var_dir),
+        "end_silence_s": bench.silence_s, "agent": rep.get("agent"), "var_dir": str(args.var_dir),
         "loadavg": {"start": load0, "end": os.getloadavg(), **sampler.summary()},
         "note": "shared 2-core machine: other engineers' jobs run beside the bench (see loadavg)",
     }
-    if any(t["lost"] for t in rep["streaming"]) or any(r["lost"] for r in rep["load"]):
+    if args.turn_taking:
+        if any(r["lost"] for rows in rep["load"].values() for r in rows):
+            say(bench.stack.log_tails(args.log_lines))
+    elif any(t["lost"] for t in rep["streaming"]) or any(r["lost"] for r in rep["load"]):
         say(bench.stack.log_tails(args.log_lines))  # lost turns are bugs: show why
     return rep
 
@@ -226,6 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="main's UV_VAR_DIR (wiped at start)")
     ap.add_argument("--log-lines", type=int, default=60, help="lines of each log printed on failure")
     ap.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    ap.add_argument("--turn-taking", action="store_true",
+                    help="run the turn-taking A/B (VAD-only as before vs semantic + speculation + barge-in rules)")
     args = ap.parse_args(argv)
     args.utterances = args.utterances or (4 if args.quick else 8)
     args.load_turns = args.load_turns or (1 if args.quick else 3)
@@ -245,6 +285,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.turn_taking:
+        args.sources = [s for s in args.sources if s != "espeak"] or ["piper"]
+        if args.out == ROOT / "var" / "bench" / "voice.json":
+            args.out = ROOT / "var" / "bench" / "turn_taking.json"
     if "espeak" in args.sources and espeak_binary() is None:
         say(f"espeak-ng is not installed: the benchmark speaks its questions with it too; {ESPEAK_HINT}")
         raise SystemExit(2)
@@ -255,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from e
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rep, indent=2))
+    if args.turn_taking:
+        print_turns(rep)
+        print(f"\nwrote {args.out}")
+        return
     print_report(rep)
     print(f"\nwrote {args.out}")
     lost = any(not t["ok"] for t in rep["targets"] if "lost" in t["target"] or "answered" in t["target"])

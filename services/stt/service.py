@@ -123,6 +123,12 @@ class SttService:
                 raise ConfigError(WHERE, f"services.{self.cfg.name}.options.turn.model_path", str(e)) from e
             self.ctx.process.log.warning("no end-of-turn model (%s); semantic turn detection falls back to VAD", e)
             return
+        except Exception as e:  # a file that is not an ONNX model onnxruntime can open
+            raise ConfigError(
+                WHERE, f"services.{self.cfg.name}.options.turn.model_path",
+                f"could not load the end-of-turn model ({type(e).__name__}: {e}); point it at a Smart Turn v3 "
+                ".onnx file, or leave it empty for the one in the pipecat-ai wheel",
+            ) from e
         self.turn_model_path = str(getattr(self.turn_model, "path", turn.model_path))
 
     def describe(self) -> ModelDescription:

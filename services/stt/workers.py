@@ -9,6 +9,7 @@ When every worker is busy, waiting calls are served **round-robin across keys** 
 its session, so each conversation gets its turn; a call without a key is a key of its own), FIFO
 within a key: one chatty session with several finals queued cannot hold the others back. Calls
 marked ``low`` (partials, speculative extras) are served only when no other call waits.
+``on_wait`` reports how long a call stood in line (0.0 when a worker was free), for stream metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +37,8 @@ class WorkerPool:
         self._lines: dict[str, deque[asyncio.Future[None]]] = {}
         self._turns: deque[str] = deque()
         """Keys with a call waiting, in the order they are served next."""
-        self._low: deque[asyncio.Future[None]] = deque()
+        self._low: deque[tuple[str, asyncio.Future[None]]] = deque()
+        """Low calls (with their key), FIFO, served when no line above has a call."""
         self._waiting = 0
 
     @property
@@ -47,32 +50,52 @@ class WorkerPool:
     def waiting(self) -> int:
         return self._waiting
 
+    def waiting_for(self, key: str) -> int:
+        """Calls from ``key`` still waiting for a worker, low ones included."""
+        line = self._lines.get(key, ())
+        return sum(not t.done() for t in line) + sum(k == key and not t.done() for k, t in self._low)
+
     async def run(
-        self, fn: Callable[[], T], *, admit: bool = True, key: str | None = None, low: bool = False
+        self,
+        fn: Callable[[], T],
+        *,
+        admit: bool = True,
+        key: str | None = None,
+        low: bool = False,
+        on_wait: Callable[[float], None] | None = None,
     ) -> T:
-        """Run ``fn`` in a worker; ``key`` says whose turn it is in the line, ``low`` lets other calls go first."""
+        """Run ``fn`` in a worker and return its value.
+
+        ``key`` says whose turn it is in the line (None: a key of its own); ``low`` lets every other
+        call go first; ``on_wait`` is called on the event loop with the seconds spent waiting, before
+        ``fn`` starts.
+        """
         if admit and self._free == 0 and self._waiting >= self.max_queue:
             raise ResourceExhausted(
                 f"{self.what} is busy: {self.workers} running and {self._waiting} waiting "
                 "(options.max_queue); retry shortly",
                 retry_after_s=1.0,
             )
-        await self._acquire(key, low)
+        waited = await self._acquire(key, low)
         try:
+            if on_wait is not None:
+                on_wait(waited)
             ctx = contextvars.copy_context()  # keeps the request id on log lines from the worker
             return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn)
         finally:
             self._release()
 
-    async def _acquire(self, key: str | None, low: bool) -> None:
+    async def _acquire(self, key: str | None, low: bool) -> float:
+        """Take a worker slot, waiting in line if none is free; returns the seconds waited."""
         if self._free > 0 and self._waiting == 0:
             self._free -= 1
-            return
+            return 0.0
+        start = time.perf_counter()
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        name = key if key is not None else f"call-{next(_anonymous)}"
         if low:
-            self._low.append(ticket)
+            self._low.append((name, ticket))
         else:
-            name = key if key is not None else f"call-{next(_anonymous)}"
             line = self._lines.get(name)
             if line is None:
                 line = self._lines[name] = deque()
@@ -87,6 +110,7 @@ class WorkerPool:
             raise
         finally:
             self._waiting -= 1
+        return time.perf_counter() - start
 
     def _release(self) -> None:
         """Hand the slot to the next caller (round-robin over keys, then the low line), or free it."""
@@ -106,7 +130,7 @@ class WorkerPool:
             ticket.set_result(None)
             return
         while self._low:
-            ticket = self._low.popleft()
+            _, ticket = self._low.popleft()
             if not ticket.done():
                 ticket.set_result(None)
                 return

@@ -15,11 +15,11 @@ itself. Main knows exactly what it plays, so it can remove it:
   the user. A frame whose residual is well below the echo it had (``SUPPRESS_RATIO``) is
   silenced outright (no VAD sees anything); a frame where the residual stands out (the user
   talks) passes as the residual.
-- **before the first estimate** (the first fraction of a second of a reply), a frame much quieter
-  than what is playing (``FALLBACK_RATIO``) is silenced: an echo is that much quieter, a user
-  speaking into the microphone usually is not. A client that cancels its own echo sends silence
-  while the reply plays loud; after ``NO_ECHO_AFTER_S`` of that the gate is off for good (until
-  an echo is found), so a soft-spoken user over a reply is never silenced.
+- **before the first estimate** the path is estimated at every frame, from as little as
+  ``FIRST_WINDOW_S`` of microphone audio, so an echo is found within a fraction of a second of the
+  reply starting (too short for the VAD to call it speech); until then, and whenever no clear echo
+  is found (a client with its own echo cancellation, or the user talking over the reply), frames
+  pass untouched: the user's words are never dropped on a guess.
 
 Costs: nothing while nothing plays; a few numpy operations per frame, and one FFT of about 1.4 s
 every quarter second while a reply plays.
@@ -38,15 +38,20 @@ WINDOW_S = 0.8
 """Microphone audio correlated against the reference for one estimate."""
 KEEP_S = 2.0
 """Reference kept behind the microphone's clock (beyond the delay and the estimation window)."""
-MIN_CORRELATION = 0.3
-SUPPRESS_RATIO = 0.5
+MIN_CORRELATION = 0.45
+"""At 0.7 the delayed reply explains half the microphone's energy. Voiced speech of the same voice
+correlates up to about 0.5 at some lag (pitch periods line up), so the user speaking over the reply
+in the reply's own voice never passes for its echo."""
+AGREE_SAMPLES = 32
+"""A delay is adopted once two estimates in a row agree within 2 ms: an echo path is stable."""
+MAX_GAIN = 1.5
+"""An echo louder than 1.5x what plays is not an echo path (a spurious peak)."""
+SUPPRESS_RATIO = 1.0
 """Residual energy below this fraction of the echo estimate's: the frame was echo only."""
-FALLBACK_RATIO = 0.25
-"""Without an estimate: microphone energy below this fraction of the loudest reference nearby is echo."""
-NO_ECHO_LEVEL = 10 ** (-60 / 10)
-"""Microphone energy below -60 dBFS while the reply plays loud: no echo comes back."""
-QUIET_REFERENCE = 10 ** (-40 / 10)
-NO_ECHO_AFTER_S = 0.5
+RESYNC_S = 0.3
+"""The sample count may lag the arrival clock by this much (a stalled loop) before it is reset."""
+FIRST_WINDOW_S = 0.1
+"""Microphone audio needed for a first estimate (later ones use ``WINDOW_S``)."""
 FLOOR = 1e-7
 """Energies (float samples, mean square) below this are silence (about -70 dBFS)."""
 
@@ -62,6 +67,8 @@ class EchoStats:
     estimates: int = 0
     delay_ms: float | None = None
     gain_db: float | None = None
+    last_peak: float = 0.0
+    """The normalised correlation of the last estimate's best lag."""
 
 
 class EchoCanceller:
@@ -81,11 +88,8 @@ class EchoCanceller:
         self._mic_end = 0
         self._next_estimate = 0
         self._delay: int | None = None
+        self._candidate: int | None = None
         self._gain = 0.0
-        self._quiet_mic = 0
-        self.echo_free = False
-        """No echo path: the reply played loud for a while and the microphone stayed silent (the client
-        cancels echo itself). The fallback gate is off then, so a soft-spoken user is never silenced."""
 
     # ---- the reference ------------------------------------------------------------------------
 
@@ -154,7 +158,12 @@ class EchoCanceller:
         if not pcm or self._origin is None:
             return pcm
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        end = max(self._clock(at), self._mic_end + x.size)  # frames arrive in order; keep the clock monotonic
+        # The microphone's clock counts samples: frames come at real time, and when this event loop is
+        # busy they are *seen* late and in bursts; arrival times would shift the echo by tens of ms.
+        # Only a real gap (the client stopped sending) resets the count to the arrival clock.
+        end = self._mic_end + x.size
+        if end < self._clock(at) - RESYNC_S * STT_RATE:
+            end = self._clock(at)
         start = end - x.size
         self._remember(x, end)
         self._forget()
@@ -162,18 +171,11 @@ class EchoCanceller:
         if float(np.max(np.abs(reference_near), initial=0.0)) == 0.0:
             return pcm
         self.stats.frames += 1
-        if end >= self._next_estimate:
+        if end >= self._next_estimate or self._delay is None:
             self._estimate(end)
             self._next_estimate = end + int(ESTIMATE_EVERY_S * STT_RATE)
-        energy_x = float(np.mean(x * x))
         if self._delay is None:
-            loudest = _loudest(reference_near, x.size)
-            if loudest > QUIET_REFERENCE and energy_x < NO_ECHO_LEVEL:
-                self._quiet_mic += x.size  # the reply plays loud and the microphone hears nothing of it
-                self.echo_free = self.echo_free or self._quiet_mic >= NO_ECHO_AFTER_S * STT_RATE
-            if not self.echo_free and (energy_x < FALLBACK_RATIO * loudest or energy_x < FLOOR):
-                return self._suppressed(x)
-            return pcm
+            return pcm  # no echo found (yet): nothing is taken out on a guess
         echo = self._gain * self._reference(start - self._delay, end - self._delay)
         residual = x - echo
         energy_r, energy_e = float(np.mean(residual * residual)), float(np.mean(echo * echo))
@@ -202,7 +204,7 @@ class EchoCanceller:
         """Delay and gain of the echo path from the recent microphone audio, when the correlation is clear."""
         mic = self._mic
         n = mic.size
-        if n < STT_RATE // 4 or float(np.mean(mic * mic)) < FLOOR:
+        if n < FIRST_WINDOW_S * STT_RATE or float(np.mean(mic * mic)) < FLOOR:
             return
         ref = self._reference(end - n - self.max_delay, end)  # ref[k + max_delay - lag] lines up with mic[k]
         if float(np.mean(ref * ref)) < FLOOR:
@@ -216,23 +218,21 @@ class EchoCanceller:
         with np.errstate(divide="ignore", invalid="ignore"):
             ncc = np.where(energy_ref > FLOOR * n, corr / np.sqrt(energy_ref * energy_mic), 0.0)
         j = int(np.argmax(ncc))
+        self.stats.last_peak = round(float(ncc[j]), 3)
         if ncc[j] < MIN_CORRELATION:
+            self._candidate = None
             return  # no clear echo (or the user talks over it): keep what we had
         gain = float(corr[j] / energy_ref[j])
-        self._delay = self.max_delay - j
-        self.echo_free, self._quiet_mic = False, 0
+        if not 0 < gain <= MAX_GAIN:
+            return
+        delay, seen, self._candidate = self.max_delay - j, self._candidate, self.max_delay - j
+        if seen is None or abs(delay - seen) > AGREE_SAMPLES:
+            return  # wait for the next estimate to agree
+        self._delay = delay
         self._gain = gain if self.stats.estimates == 0 else 0.7 * self._gain + 0.3 * gain
         self.stats.estimates += 1
         self.stats.delay_ms = round(self._delay * 1000 / STT_RATE, 1)
         self.stats.gain_db = round(20 * float(np.log10(max(abs(self._gain), 1e-6))), 1)
-
-
-def _loudest(reference: np.ndarray, frame: int) -> float:
-    """The highest mean-square energy of any frame-long stretch of ``reference``."""
-    if reference.size < frame:
-        return float(np.mean(reference * reference)) if reference.size else 0.0
-    squares = np.concatenate([[0.0], np.cumsum(reference.astype(np.float64) ** 2)])
-    return float(np.max(squares[frame:] - squares[:-frame]) / frame)
 
 
 def _pcm16(x: np.ndarray) -> bytes:

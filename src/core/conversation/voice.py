@@ -262,6 +262,13 @@ class VoiceConversation:
         if self.closed:
             return
         self.closed = True
+        if self.echo is not None and self.echo.stats.frames:
+            st = self.echo.stats
+            self.log.info(
+                "echo canceller: %d frames while replies played, %d cleaned, %d silenced; delay %s ms, gain %s dB, "
+                "%d estimates", st.frames, st.frames_cleaned, st.frames_suppressed, st.delay_ms, st.gain_db,
+                st.estimates,
+            )
         await self.interrupt()
         for check in self._checks.values():
             if check.timer is not None:
