@@ -28,7 +28,7 @@ import httpx
 
 from scripts.bench._voice_load import run_level
 from scripts.bench._voice_speech import Utterance
-from scripts.bench._voice_ws import VoiceClient
+from scripts.bench._voice_ws import TurnResult, VoiceClient
 from tests.helpers.voice_client import Speaker
 from tests.helpers.voice_client import VoiceClient as EchoClient
 
@@ -100,35 +100,38 @@ class TurnTakingBench:
 
     async def complete(self, utts: list[Utterance], turn: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         rows = []
-        async with VoiceClient.open(self.ws_url, 16000, turn=turn) as client:
-            for u in utts:
-                await client.reset()
-                mark = len(client.items)
-                res = await client.turn(u, within_s=120)
-                ends = client.events("speech_ended", mark)
-                rows.append({
-                    "utterance": u.id, "client_v2v_s": res.client_v2v_s, "server_v2v_s": res.server_v2v_s,
-                    "end_of_turn_s": res.report.get("vad_s"), "stt_s": res.report.get("stt_s"),
-                    "reasons": [e.get("reason") for e in ends], "turns": len(ends), "outcome": res.outcome,
-                    "lost": res.lost, "transcript": res.transcript,
-                })
-                self.say(f"  [{mode}] {u.id:10s} v2v {res.client_v2v_s} eot {res.report.get('vad_s')} "
-                         f"{[e.get('reason') for e in ends]}")
+        for u, res, ends in await self.spoken(utts, turn):
+            rows.append({
+                "utterance": u.id, "client_v2v_s": res.client_v2v_s, "server_v2v_s": res.server_v2v_s,
+                "end_of_turn_s": res.report.get("vad_s"), "stt_s": res.report.get("stt_s"),
+                "reasons": [e.get("reason") for e in ends], "turns": len(ends), "outcome": res.outcome,
+                "lost": res.lost, "transcript": res.transcript,
+            })
+            self.say(f"  [{mode}] {u.id:10s} v2v {res.client_v2v_s} eot {res.report.get('vad_s')} "
+                     f"{[e.get('reason') for e in ends]}")
         return rows
 
     async def hesitant(self, utts: list[Utterance], turn: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         rows = []
+        for u, res, ends in await self.spoken(utts, turn, settle_s=1.0):
+            rows.append({"utterance": u.text, "turns": len(ends), "cut_off": len(ends) > 1,
+                         "transcript": res.transcript, "client_v2v_s": res.client_v2v_s})
+            self.say(f"  [{mode}] hesitant: {len(ends)} turn(s) for {u.text!r}")
+        return rows
+
+    async def spoken(
+        self, utts: list[Utterance], turn: dict[str, Any], *, settle_s: float = 0.0
+    ) -> list[tuple[Utterance, TurnResult, list[dict[str, Any]]]]:
+        """Each utterance in a fresh session of one socket: its result and the turn ends it caused."""
+        out = []
         async with VoiceClient.open(self.ws_url, 16000, turn=turn) as client:
             for u in utts:
                 await client.reset()
                 mark = len(client.items)
                 res = await client.turn(u, within_s=120)
-                await asyncio.sleep(1.0)
-                ends = client.events("speech_ended", mark)
-                rows.append({"utterance": u.text, "turns": len(ends), "cut_off": len(ends) > 1,
-                             "transcript": res.transcript, "client_v2v_s": res.client_v2v_s})
-                self.say(f"  [{mode}] hesitant: {len(ends)} turn(s) for {u.text!r}")
-        return rows
+                await asyncio.sleep(settle_s)
+                out.append((u, res, client.events("speech_ended", mark)))
+        return out
 
     async def echo(self, turn: dict[str, Any], mode: str) -> dict[str, Any]:
         """A story's reply echoes back at -20 dB; nobody speaks over it: every pause or flush is false."""

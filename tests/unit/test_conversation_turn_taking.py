@@ -8,9 +8,12 @@ The real thing (real STT with Smart Turn, real echo, real replies) is tests/inte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from core.config import TurnTaking
 from core.conversation.types import AgentConfig
+from core.conversation.voice import VoiceConversation
 from tests.helpers.conversation_fakes import ListSink, Rig, rig
 from uvpb import stt_pb2
 
@@ -32,17 +35,24 @@ async def ask(r: Rig, sink: ListSink, text: str = "count", n: int = 0) -> None:
     await sink.wait_for("audio_end")  # the reply is all sent; it plays for a few seconds more
 
 
+@contextlib.asynccontextmanager
+async def reply_playing(r: Rig, sink: ListSink) -> AsyncIterator[VoiceConversation]:
+    """A voice conversation whose (long) reply to a first question is all sent and still playing."""
+    r.hub.llm.tokens = LONG_REPLY
+    async with r.orch.voice(r.session, sink, out_rate=RATE) as conv:
+        await feed_seconds(conv, 0.2)
+        await ask(r, sink)
+        yield conv
+
+
 def checks(r: Rig, outcome: str) -> float:
     return r.orch.ctx.registry.get_sample_value("ultravox_barge_in_checks_total", {"outcome": outcome}) or 0.0
 
 
 async def test_a_cough_over_the_reply_pauses_it_and_then_it_resumes() -> None:
     r = rig()
-    r.hub.llm.tokens = LONG_REPLY
     sink = ListSink()
-    async with r.orch.voice(r.session, sink, out_rate=RATE) as conv:
-        await feed_seconds(conv, 0.2)
-        await ask(r, sink)
+    async with reply_playing(r, sink):
         r.hub.stt.push("SPEECH_STARTED", 1, start_s=1.0)
         paused = await sink.wait_for("pause")
         r.hub.stt.push("SPEECH_ENDED", 1, start_s=1.0, end_s=1.3)
@@ -58,11 +68,8 @@ async def test_a_cough_over_the_reply_pauses_it_and_then_it_resumes() -> None:
 
 async def test_words_over_the_reply_interrupt_it_and_become_the_next_turn() -> None:
     r = rig()
-    r.hub.llm.tokens = LONG_REPLY
     sink = ListSink()
-    async with r.orch.voice(r.session, sink, out_rate=RATE) as conv:
-        await feed_seconds(conv, 0.2)
-        await ask(r, sink)
+    async with reply_playing(r, sink):
         r.hub.stt.push("SPEECH_STARTED", 1, start_s=1.0)
         await sink.wait_for("pause")
         r.hub.llm.tokens = ["Sure", "."]
@@ -76,11 +83,8 @@ async def test_words_over_the_reply_interrupt_it_and_become_the_next_turn() -> N
 
 async def test_speech_that_lasts_interrupts_before_its_transcript() -> None:
     r = rig()
-    r.hub.llm.tokens = LONG_REPLY
     sink = ListSink()
-    async with r.orch.voice(r.session, sink, out_rate=RATE) as conv:
-        await feed_seconds(conv, 0.2)
-        await ask(r, sink)
+    async with reply_playing(r, sink):
         r.hub.stt.push("SPEECH_STARTED", 1, start_s=1.0)  # and it goes on: no pause, no end
         await sink.wait_for("flush", timeout=2.0)  # barge_in_min_speech_ms (500) later
         first = await sink.wait_for("turn_complete")
@@ -90,11 +94,8 @@ async def test_speech_that_lasts_interrupts_before_its_transcript() -> None:
 
 async def test_with_no_barge_in_rule_speech_interrupts_at_once() -> None:
     r = rig(turn=TurnTaking(barge_in_min_speech_ms=0, barge_in_min_words=0))
-    r.hub.llm.tokens = LONG_REPLY
     sink = ListSink()
-    async with r.orch.voice(r.session, sink, out_rate=RATE) as conv:
-        await feed_seconds(conv, 0.2)
-        await ask(r, sink)
+    async with reply_playing(r, sink):
         r.hub.stt.push("SPEECH_STARTED", 1, start_s=1.0)
         await sink.wait_for("flush", timeout=1.0)
     assert "pause" not in sink.types()
@@ -102,11 +103,8 @@ async def test_with_no_barge_in_rule_speech_interrupts_at_once() -> None:
 
 async def test_no_words_within_the_window_resumes_and_later_words_still_interrupt() -> None:
     r = rig(turn=TurnTaking(resume_after_ms=300))
-    r.hub.llm.tokens = LONG_REPLY
     sink = ListSink()
-    async with r.orch.voice(r.session, sink, out_rate=RATE) as conv:
-        await feed_seconds(conv, 0.2)
-        await ask(r, sink)
+    async with reply_playing(r, sink):
         r.hub.stt.push("SPEECH_STARTED", 1, start_s=1.0)
         r.hub.stt.push("SPEECH_ENDED", 1, start_s=1.0, end_s=1.3)  # ...and its transcript is slow
         await sink.wait_for("resume", timeout=2.0)
