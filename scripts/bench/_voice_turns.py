@@ -71,7 +71,7 @@ class TurnTakingBench:
         self.levels, self.load_timeout = levels, load_timeout
 
     async def stt_counters(self) -> dict[str, float]:
-        svc = (await self.http.get(f"{self.url}/api/services/stt")).json()
+        svc = (await self.http.get(f"{self.url}/services/stt")).json()
         text = (await self.http.get(f"http://{svc['host']}:{svc['http_port']}/metrics")).text
         out: dict[str, float] = {}
         for line in text.splitlines():
