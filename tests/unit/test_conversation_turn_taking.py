@@ -146,3 +146,11 @@ async def test_turn_taking_settings_layer_server_agent_session() -> None:
     )
     assert abs(turn.threshold - 0.6) < 1e-6
     assert policy.barge_in_min_speech_ms == 500 and policy.echo_cancellation  # the built-in defaults
+
+
+def test_fillers_are_not_words_however_whisper_spells_them() -> None:
+    from core.conversation.voice import words
+
+    for filler in ("HMMMM", "Hmm.", "mm-hmm", "Mhm.", "uh-huh", "Uh.", "Umm,", "erm", "Oh.", "huh?", "..."):
+        assert words(filler) == 0, filler
+    assert [words(t) for t in ("Stop.", "home", "mom", "um, stop", "Hmm, wait a second")] == [1, 1, 1, 1, 3]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -72,17 +73,15 @@ def turn_taking(server: TurnTaking, agent: TurnTaking, session: TurnTaking | Non
     return session.over(policy) if session is not None else policy
 
 
-FILLERS = frozenset({
-    "hm", "hmm", "hmmm", "mm", "mmm", "mhm", "mm-hmm", "uh-huh", "uh", "um", "umm", "uhm", "ah", "oh", "er", "erm",
-    "huh",
-})
-"""Sounds that are not words: a filler or a backchannel over the reply does not interrupt it."""
+FILLER = re.compile(r"(h+m+|m+(-?h+m+)?|mh+m+|u+h+(-?h+u+h+)?|u+h*m+|a+h+|o+h+|e+r+m*|hu+h)")
+"""Sounds that are not words, however Whisper spells them (hmm, HMMMM, mm-hmm, uh-huh, um, uhm, ah, oh,
+erm, huh): a filler or a backchannel over the reply does not interrupt it."""
 
 
 def words(text: str) -> int:
     """Words in a transcript, fillers and punctuation left out."""
     tokens = (w.strip(".,!?;:…\"'()[]-").lower() for w in text.split())
-    return sum(1 for w in tokens if w and w not in FILLERS and any(c.isalnum() for c in w))
+    return sum(1 for w in tokens if w and not FILLER.fullmatch(w) and any(c.isalnum() for c in w))
 
 
 @dataclass(slots=True, eq=False)
