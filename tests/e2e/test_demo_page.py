@@ -75,6 +75,8 @@ def one_turn(main: MainProcess, tmp_path: Path, transport: str) -> dict[str, Any
         page.open(main.url, transport=transport, **NO_PROCESSING)
         agents = page.page.eval_on_selector_all("#agent option", "os => os.map(o => o.value)")
         assert {"assistant", "storyteller"} <= set(agents), agents
+        # the voice list fills in from /v1/audio/voices (a TTS call) after the page loads; give it time
+        page.page.wait_for_function("document.querySelectorAll('#voice option').length > 1", timeout=60_000)
         assert page.page.eval_on_selector_all("#voice option", "os => os.length") > 1, "no voices from the API"
         page.connect()
         state = page.wait_for("a completed turn", lambda s: len(s["outcomes"]) >= 1)
