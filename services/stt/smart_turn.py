@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +148,3 @@ class TurnModel:
         features = log_mel(audio)[None, :, :]
         out = self._session.run(None, {self._input: features})
         return float(np.clip(np.asarray(out[0]).reshape(-1)[0], 0.0, 1.0))
-
-    def timed(self, audio: np.ndarray) -> tuple[float, float]:
-        """(probability, seconds it took)."""
-        started = time.perf_counter()
-        p = self.probability(audio)
-        return p, time.perf_counter() - started
