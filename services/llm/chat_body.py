@@ -69,6 +69,13 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 
 
 def parse_chat_body(body: object, request_type: type[ProtoMessage]) -> ChatBody:
+    try:
+        return _parse(body, request_type)
+    except UnicodeEncodeError as e:  # protobuf refuses a str with an unpaired surrogate ("\\ud800" in JSON)
+        raise InvalidArgument(f"the chat request has text that is not valid Unicode: {e}") from e
+
+
+def _parse(body: object, request_type: type[ProtoMessage]) -> ChatBody:
     if not isinstance(body, dict):
         raise InvalidArgument(f"the body must be a JSON object like {EXAMPLE}")
     messages = body.get("messages")

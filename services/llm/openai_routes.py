@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from core.errors import CallError, InvalidArgument, ResourceExhausted
 from services.llm.chat_body import parse_chat_body
 from services.runtime import HttpKit
+from services.runtime.decode import load_json
 
 if TYPE_CHECKING:
     from services.llm.service import LlmService
@@ -102,10 +103,7 @@ def openai_routes(kit: HttpKit, service: LlmService) -> list[BaseRoute]:
         call = kit.call_info(request, "Generate", "openai")
         try:
             kit.authenticate(request)
-            try:
-                raw = json.loads(await request.body() or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise InvalidArgument(f"the body is not valid JSON ({e}); send an OpenAI chat request") from e
+            raw = load_json(await request.body(), "an OpenAI chat request")
             body = parse_chat_body(raw, service.op.request)
         except CallError as err:
             kit.dispatcher.refuse(call, err)

@@ -1,12 +1,14 @@
 """The gRPC side: generic handlers built from the catalog, plus standard grpc.health.v1.
 
 No hand-written servicers: every operation of the role becomes a method handler of its Kind
-(unary-unary, unary-stream or stream-stream) whose (de)serializers are the Operation's message
-classes, and whose behaviour is the dispatcher. Errors abort the call with the matching status
-code and the error's message, mid-stream too. Streams are written with ``context.write`` from
-a coroutine rather than yielded from a generator, so when the client cancels, the cancellation
-lands in our code and the handler's generator is closed at once (``aclosing``), never left for
-the garbage collector to finalize.
+(unary-unary, unary-stream or stream-stream) whose behaviour is the dispatcher. Responses are
+serialized by grpcio; requests arrive as raw bytes and are parsed in the handler
+(``decode.py``), so a body that is not the operation's message is INVALID_ARGUMENT naming the
+method and message type, not grpcio's UNKNOWN "Exception deserializing request!". Errors abort
+the call with the matching status code and the error's message, mid-stream too. Streams are
+written with ``context.write`` from a coroutine rather than yielded from a generator, so when
+the client cancels, the cancellation lands in our code and the handler's generator is closed at
+once (``aclosing``), never left for the garbage collector to finalize.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from core.errors import CallError, PortInUse, SupervisorError, grpc_status, retr
 from core.logs import MAX_ID_CHARS, clean_id, new_request_id
 from core.wire import Kind, Operation
 from services.runtime.api import CallInfo
+from services.runtime.decode import ParsedRequests, grpc_parser
 from services.runtime.dispatch import Dispatcher
 
 
@@ -58,25 +61,50 @@ async def _abort(context: grpc.aio.ServicerContext, err: CallError, call: CallIn
     raise AssertionError("context.abort returned") from err  # abort always raises
 
 
+async def _refuse(
+    context: grpc.aio.ServicerContext, dispatcher: Dispatcher, err: CallError, call: CallInfo, token: str | None
+) -> None:
+    """Abort a call whose request could not be parsed (a wrong token is reported first, as over HTTP)."""
+    try:
+        dispatcher.check_token(token)
+    except CallError as auth:
+        err = auth
+    dispatcher.refuse(call, err)
+    await _abort(context, err, call)
+
+
 def _unary_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHandler:
-    async def behaviour(request: Message, context: grpc.aio.ServicerContext) -> Message:
+    parse = grpc_parser(op)
+
+    async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         call, token = _call_info(op, context)
+        try:
+            request = parse(raw)
+        except CallError as err:
+            await _refuse(context, dispatcher, err, call, token)
+            raise
         try:
             return await dispatcher.invoke(op.name, request, call, token)
         except CallError as err:
             await _abort(context, err, call)
             raise
 
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour,
-        request_deserializer=op.request.FromString,
-        response_serializer=op.response.SerializeToString,
-    )
+    return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=op.response.SerializeToString)
 
 
 def _stream_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHandler:
-    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> None:
+    parse = grpc_parser(op)
+
+    async def behaviour(raw: Any, context: grpc.aio.ServicerContext) -> None:
         call, token = _call_info(op, context)
+        if op.kind is Kind.BIDI_STREAM:
+            request: Message | ParsedRequests = ParsedRequests(raw, parse)
+        else:
+            try:
+                request = parse(raw)
+            except CallError as err:
+                await _refuse(context, dispatcher, err, call, token)
+                return
         try:
             async with contextlib.aclosing(dispatcher.stream(op.name, request, call, token)) as responses:
                 async for msg in responses:
@@ -88,11 +116,7 @@ def _stream_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHand
         grpc.unary_stream_rpc_method_handler if op.kind is Kind.SERVER_STREAM
         else grpc.stream_stream_rpc_method_handler
     )
-    return factory(
-        behaviour,
-        request_deserializer=op.request.FromString,
-        response_serializer=op.response.SerializeToString,
-    )
+    return factory(behaviour, response_serializer=op.response.SerializeToString)
 
 
 def method_handler(dispatcher: Dispatcher, op: Operation) -> grpc.RpcMethodHandler:

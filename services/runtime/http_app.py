@@ -23,9 +23,10 @@ from starlette.routing import BaseRoute, Route
 
 from core.errors import CallError, NotFound, Unauthenticated, retry_after_header
 from core.logs import MAX_ID_CHARS, clean_id, new_request_id
-from core.wire import Kind, Operation, from_json, from_msgpack, to_json, to_msgpack
+from core.wire import Kind, Operation, to_json, to_msgpack
 from core.wire.frames import NDJSON_TYPE
 from services.runtime.api import CallInfo, Transport
+from services.runtime.decode import decode_http
 from services.runtime.dispatch import TOKEN_HINT, Dispatcher
 from services.runtime.http_stream import FrameStreamResponse
 from services.runtime.limits import BodyLimit
@@ -118,7 +119,7 @@ def _op_endpoint(kit: HttpKit, op: Operation, max_request_bytes: int) -> Callabl
                 )
             if op.kind is not Kind.BIDI_STREAM:  # a bidi body is a stream of frames, read as it comes
                 body = await request.body()
-                message = from_msgpack(op.request, body) if protocol == "msgpack" else from_json(op.request, body)
+                message = decode_http(op, protocol, body)
         except CallError as err:
             return kit.refused(call, err, media)
         if streaming:

@@ -27,6 +27,7 @@ from core.errors import CallError, InvalidArgument, retry_after_header
 from core.wire import Kind, Operation
 from core.wire.frames import FrameFormat, FrameReader, data_frame, error_frame, frame_message
 from services.runtime.api import CallInfo
+from services.runtime.decode import bad_body
 from services.runtime.dispatch import Dispatcher
 from services.runtime.media import error_body
 
@@ -110,6 +111,8 @@ class FrameStreamResponse(Response):
                 requests.queue.put_nowait(_END)
             except CallError as err:  # a malformed frame, or a body over the size limit
                 requests.queue.put_nowait(err)
+            except Exception as e:  # whatever else a decoder raises on the client's frames is theirs too
+                requests.queue.put_nowait(bad_body(self.op, self.fmt, e))
         while (await receive())["type"] != "http.disconnect":
             pass
 

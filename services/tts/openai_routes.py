@@ -12,7 +12,6 @@ operations' metrics, limits and errors.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from core.errors import CallError, InvalidArgument
 from core.wire import Operation
 from services.runtime import JSON_TYPE, HttpKit
+from services.runtime.decode import load_json
 from services.tts.audio import FORMATS, writable_formats
 
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -102,10 +102,7 @@ async def _rest(first: bytes, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidArgument(f"the body is not JSON ({e}); send {{\"input\": ..., \"voice\": ...}}") from e
+    body = load_json(await request.body(), '{"input": ..., "voice": ...}')
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be a JSON object like {\"model\": \"tts-1\", \"input\": \"Hello\"}")
     return body
@@ -127,13 +124,19 @@ def speech_request(body: dict[str, Any], synthesize: Operation) -> Any:
         raise InvalidArgument(f"response_format 'aac' is not supported here; use one of {usable}")
     if (body.get("stream_format") or "audio") != "audio":
         raise InvalidArgument("stream_format 'sse' is not supported; use 'audio' (pcm streams as raw audio)")
-    speed = float(body.get("speed") or 1.0)
+    try:
+        speed = float(body.get("speed") or 1.0)
+    except OverflowError:  # an integer too large for a float
+        speed = math.inf
     if not math.isfinite(speed):
         raise InvalidArgument(f"speed must be 0.25..4.0, got {body.get('speed')}")
     model = (body.get("model") or "").strip().lower()
     engine = body.get("engine") or (model if model in ENGINE_MODELS else "")
     rate = body.get("sample_rate") or (OPENAI_PCM_RATE if fmt == "pcm" else 0)
-    return synthesize.request(
-        text=body["input"], voice=body.get("voice") or "", language=body.get("language") or "", speed=speed,
-        format=fmt, sample_rate=rate, engine=engine,
-    )
+    try:
+        return synthesize.request(
+            text=body["input"], voice=body.get("voice") or "", language=body.get("language") or "", speed=speed,
+            format=fmt, sample_rate=rate, engine=engine,
+        )
+    except ValueError as e:  # protobuf: an int out of int32 range, a string with unpaired surrogates
+        raise InvalidArgument(f"the speech request has a value this service cannot take: {e}") from e
