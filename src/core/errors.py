@@ -14,6 +14,7 @@ protocol only on transport failures and never on a rejected request.
         ├── RequestRejected         permanent  the service understood and refused the request
         │   ├── InvalidArgument          400 / INVALID_ARGUMENT
         │   ├── Unauthenticated          401 / UNAUTHENTICATED
+        │   │   └── PermissionDenied     403 / PERMISSION_DENIED
         │   ├── NotFound                 404 / NOT_FOUND
         │   └── ResourceExhausted        429 / RESOURCE_EXHAUSTED (transient: retry after)
         ├── ServiceFailed           permanent  the service raised while handling the call (500 / INTERNAL)
@@ -102,6 +103,14 @@ class Unauthenticated(RequestRejected):
     http_status = 401
 
 
+class PermissionDenied(Unauthenticated):
+    """Authenticated, but not allowed (the role or the token's scope); an Unauthenticated for callers
+    that treat both alike."""
+
+    code = "PERMISSION_DENIED"
+    http_status = 403
+
+
 class NotFound(RequestRejected):
     code = "NOT_FOUND"
     http_status = 404
@@ -157,12 +166,14 @@ class TransportError(CallError):
 
 _BY_CODE: dict[str, type[CallError]] = {
     c.code: c
-    for c in (InvalidArgument, Unauthenticated, NotFound, ResourceExhausted, ServiceFailed, DeadlineExceeded)
+    for c in (
+        InvalidArgument, Unauthenticated, PermissionDenied, NotFound, ResourceExhausted, ServiceFailed,
+        DeadlineExceeded,
+    )
 }
 _BY_CODE["UNAVAILABLE"] = ServiceUnavailable
 _BY_CODE["FAILED_PRECONDITION"] = RequestRejected
 _BY_CODE["UNIMPLEMENTED"] = NotFound
-_BY_CODE["PERMISSION_DENIED"] = Unauthenticated
 
 
 def error_from_code(code: str, message: str, *, retry_after_s: float | None = None, **kw: str) -> CallError:

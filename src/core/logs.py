@@ -17,7 +17,8 @@ What a line may carry is decided here, not at each call site (see docs/observabi
   (``extra={"headers": {...}}`` masks its ``Authorization``);
 * the process's own secrets (:func:`register_secret`: the API key, the internal token, TURN
   credentials) are replaced by ``***`` wherever they appear in a line, messages and tracebacks
-  included, and so is any ``api_key=`` query parameter (a wrong key too);
+  included, and so is any ``api_key=`` or ``token=`` query parameter (a wrong one too), any client
+  token (JWT) and any API key main made (``uvk_...``), since there are too many to register;
 * messages and values longer than ``MAX_CHARS`` are cut.
 
 Ids that come from outside (a client's ``X-Request-Id``) are used only when :func:`clean_id`
@@ -62,7 +63,10 @@ _CONTENT_KEYS = frozenset(
 )
 _SECRETS: set[str] = set()
 # uvicorn logs a WebSocket's path with its query: `/ws/voice?api_key=...`, right or wrong key.
-_KEY_PARAM = re.compile(r"([?&]api_key=)[^&\s\"'\\]+", re.I)
+_KEY_PARAM = re.compile(r"([?&](?:api_key|token)=)[^&\s\"'\\]+", re.I)
+# Client tokens (JWTs) and API keys made by main, wherever they appear: there are too many
+# tokens to register one by one.
+_CREDENTIAL = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|\buvk_[A-Za-z0-9_-]{20,}")
 _MAX_DEPTH = 6
 _MAX_ITEMS = 50
 
@@ -91,12 +95,16 @@ def register_secret(value: str) -> None:
 
 
 def scrub(text: str) -> str:
-    """``text`` with every registered secret, and any ``api_key=`` query value, replaced by ``***``."""
+    """``text`` with every registered secret, any ``api_key=`` or ``token=`` query value, and anything
+    shaped like a client token or a main-made API key replaced by ``***``."""
     for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: one secret may contain another
         if secret in text:
             text = text.replace(secret, MASK)
-    if "api_key=" in text.lower():
+    lower = text.lower()
+    if "api_key=" in lower or "token=" in lower:
         text = _KEY_PARAM.sub(rf"\g<1>{MASK}", text)
+    if "eyJ" in text or "uvk_" in text:
+        text = _CREDENTIAL.sub(MASK, text)
     return text
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 from core.config import load_settings
 from core.config.models import ConversationConfig
 from core.context import GlobalContext, Paths, ProcessContext
-from core.gateway.app import agents_dir, attach_conversation
+from core.gateway.app import access_for, agents_dir, attach_conversation, guard
 from core.gateway.routes import voice_ws
 from core.gateway.runtime import MainRuntime
 from core.managers.remote import RemoteServices
@@ -36,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     api_key: str = getattr(request, "param", "")
     conf = ConversationConfig(max_ws_frame_bytes=4096, max_text_chars=100, max_concurrent_turns=1, admission_wait_s=0.2)
+    if api_key:
+        os.environ["UV_API_KEY"] = api_key
     settings = load_settings(ROOT / "config", env={}).model_copy(update={"conversation": conf})
     paths = Paths(root=ROOT, var=tmp_path / "var", cache=tmp_path / "cache", venvs=tmp_path / "venvs")
     g = GlobalContext.create(settings, paths)
@@ -44,7 +47,8 @@ def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClien
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = ProcessContext(global_=g, name="main")
         rt = MainRuntime(ctx=ctx, supervisor=None, remote=RemoteServices(ctx),  # type: ignore[arg-type]
-                         hub=FakeHub(), api_key=api_key)  # type: ignore[arg-type]
+                         hub=FakeHub())  # type: ignore[arg-type]
+        rt.access = access
         await attach_conversation(rt, load_agents(agents_dir(g)))
         app.state.runtime = rt
         try:
@@ -53,7 +57,10 @@ def client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClien
             await rt.close_conversation()
             await rt.proxy_client.aclose()
 
+    access = access_for(ProcessContext(global_=g, name="main"))
+    os.environ.pop("UV_API_KEY", None)
     app = FastAPI(lifespan=lifespan)
+    guard(app, access)
     app.include_router(voice_ws.router)
     with TestClient(app) as c:
         yield c
@@ -153,9 +160,9 @@ def test_a_full_admission_is_an_unavailable_error_with_retry_after(client: TestC
 
 @pytest.mark.parametrize("client", ["s3cret"], indirect=True)
 def test_the_api_key_is_required_when_main_has_one(client: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws/voice"):
-        pass
-    assert refused.value.code == 1008
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws/voice") as ws:
+        ws.receive_text()   # accepted, then closed with the reason: a browser sees code 1008
+    assert refused.value.code == 1008 and "needs an API key or a client token" in refused.value.reason
     with client.websocket_connect("/ws/voice?api_key=s3cret") as ws:
         ws.send_text(json.dumps({"type": "config"}))
         assert until(ws, "ready")[0]["agent"] == "assistant"

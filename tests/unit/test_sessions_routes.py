@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.config.models import RateLimits
 from core.gateway.routes.conversation import sniff_audio
 from tests.unit.sessions_app import conversation_app
 
@@ -228,7 +229,7 @@ async def test_a_second_request_on_a_busy_session_is_409(tmp_path: Path) -> None
 
 
 async def test_rate_limit_is_429_with_retry_after(tmp_path: Path) -> None:
-    async with conversation_app(tmp_path, rate_limit_per_minute=3) as (c, _):
+    async with conversation_app(tmp_path, rate_limits=RateLimits(per_minute=3, per_hour=0)) as (c, _):
         codes = [(await c.get("/api/agents")).status_code for _ in range(3)]
         r = await c.get("/api/sessions")
         assert codes == [200, 200, 200] and r.status_code == 429

@@ -1,68 +1,107 @@
-"""Per-client token buckets for the REST routes: ``rate_per_minute`` requests, refilled smoothly.
+"""Rate limits per API key and per client address: a token bucket per window (minute, hour).
 
-A client (its API key when one is sent, else its address) may burst up to ``burst`` requests
-(a minute's worth by default), then gets :class:`~core.errors.ResourceExhausted` (429) with the
-seconds until its next token as Retry-After. Buckets of clients that went quiet are dropped, so
-memory stays bounded however many addresses call.
+Each key (a token counts against the key that minted it) and each client address has its own
+budget in every window: ``per_minute`` requests, refilled smoothly over the minute (so a burst
+of a minute's worth is allowed), and ``per_hour`` the same over the hour. A request takes one
+token from every bucket that applies, or none when any is empty: it then gets
+:class:`~core.errors.ResourceExhausted` (429) with the seconds until it would pass as
+Retry-After. Addresses and key names on the allowlist are not limited. Buckets that went quiet
+are dropped, so memory stays bounded however many addresses call.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 
+from core.config.models import RateLimits
 from core.errors import ResourceExhausted
 
 MAX_CLIENTS = 10_000
+WINDOWS: tuple[tuple[str, float], ...] = (("minute", 60.0), ("hour", 3600.0))
 
 
 class RateLimiter:
     def __init__(
-        self, rate_per_minute: int, *, burst: int | None = None, registry: CollectorRegistry | None = None,
+        self, defaults: RateLimits, *, allowlist: Sequence[str] = (), registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic, max_clients: int = MAX_CLIENTS,
     ) -> None:
-        if rate_per_minute < 1:
-            raise ValueError("rate_per_minute must be at least 1")
-        self.rate_per_minute = rate_per_minute
-        self.per_s = rate_per_minute / 60.0
-        self.burst = float(burst or rate_per_minute)
+        self.defaults = defaults
+        self._nets = [ipaddress.ip_network(a, strict=False) for a in allowlist if not a.startswith("key:")]
+        self._keys = {a[4:] for a in allowlist if a.startswith("key:")}
         self._clock, self._max_clients = clock, max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        # (who, window) -> (tokens, at)
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self._limited = Counter(
-            "ultravox_rate_limited_total", "REST requests refused by the per-client rate limiter (429).",
-            registry=registry,
+            "ultravox_rate_limited_total",
+            "Requests refused by the rate limiter (429), by key name ('-': by client address) and window.",
+            ["key", "window"], registry=registry,
         )
 
-    def check(self, key: str) -> None:
-        """Take one token for ``key``, or raise ResourceExhausted saying when to retry."""
+    def allowed(self, address: str, key: str | None) -> bool:
+        """On the allowlist: not limited at all."""
+        if key is not None and key in self._keys:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._nets)
+
+    def check(self, address: str, key: str | None = None, limits: RateLimits | None = None) -> None:
+        """Take one request for ``address`` (and ``key``, with its own limits), or raise ResourceExhausted."""
+        if self.allowed(address, key):
+            return
         now = self._clock()
-        tokens, at = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.per_s)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            self._limited.inc()
-            wait = (1.0 - tokens) / self.per_s
+        wanted: list[tuple[tuple[str, str], float, float]] = []   # (bucket, tokens now, refill per s)
+        budgets = [(f"addr:{address}", self.defaults)]
+        if key is not None:
+            budgets.append((f"key:{key}", limits or self.defaults))
+        worst: tuple[float, str, str] | None = None
+        for who, lim in budgets:
+            for window, span in WINDOWS:
+                cap = float(lim.per_minute if window == "minute" else lim.per_hour)
+                if cap <= 0:
+                    continue
+                per_s = cap / span
+                tokens, at = self._buckets.get((who, window), (cap, now))
+                tokens = min(cap, tokens + (now - at) * per_s)
+                wanted.append(((who, window), tokens, per_s))
+                if tokens < 1.0:
+                    wait = (1.0 - tokens) / per_s
+                    if worst is None or wait > worst[0]:
+                        worst = (wait, who, window)
+        if worst is not None:
+            for bucket, tokens, _ in wanted:
+                self._buckets[bucket] = (tokens, now)
+            wait, who, window = worst
+            self._limited.labels(key or "-", window).inc()
+            whose = f"API key {key!r}" if who.startswith("key:") else "this client address"
+            lim = limits or self.defaults if who.startswith("key:") else self.defaults
+            n = lim.per_minute if window == "minute" else lim.per_hour
             raise ResourceExhausted(
-                f"too many requests from this client: the limit is {self.rate_per_minute} per minute "
-                f"(conversation.rate_limit_per_minute); retry in {wait:.1f} s",
+                f"too many requests from {whose}: the limit is {n} per {window} "
+                f"(gateway.auth.rate_limits, or the key's own); retry in {wait:.1f} s",
                 retry_after_s=wait,
             )
-        self._buckets[key] = (tokens - 1.0, now)   # most recent last
+        for bucket, tokens, _ in wanted:
+            self._buckets.pop(bucket, None)
+            self._buckets[bucket] = (tokens - 1.0, now)   # most recent last
         self._prune(now)
 
     def _prune(self, now: float) -> None:
         while len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)   # the least recently seen client
-        # buckets idle long enough to be full again carry no state worth keeping
-        refill_s = self.burst / self.per_s
+            self._buckets.popitem(last=False)   # the least recently seen
+        # the oldest buckets idle for an hour are full again in either window: no state worth keeping
         while self._buckets:
-            key, (_, at) = next(iter(self._buckets.items()))
-            if now - at < refill_s:
+            _, (_, at) = next(iter(self._buckets.items()))
+            if now - at < 3600.0:
                 break
-            del self._buckets[key]
+            self._buckets.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._buckets)

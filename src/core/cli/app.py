@@ -1,4 +1,5 @@
-"""``sm`` commands: list, describe, health, start, stop, restart, logs, call, profile list|show.
+"""``sm`` commands: list, describe, health, start, stop, restart, logs, call, profile list|show|activate,
+breakers [reset SERVICE].
 
 Finds main through ``--url`` or ``SM_URL`` (default http://127.0.0.1:8080). ``--json`` prints
 machine-readable output for scripts.
@@ -276,6 +277,60 @@ def profile_activate(
             typer.echo(f"  unchanged: {', '.join(r['unchanged'])}")
     if r["outcome"] == "failed":
         raise typer.Exit(1)
+
+
+breakers_app = typer.Typer(
+    help="The hub's circuit breakers and retries per service; `sm breakers reset SERVICE` closes one.",
+    invoke_without_command=True,
+)
+app.add_typer(breakers_app, name="breakers")
+
+
+def _ago(t: float | None, now: float) -> str:
+    return "-" if t is None else f"{_dur(max(now - t, 1.0))} ago"
+
+
+def _breaker_state(b: dict[str, Any]) -> str:
+    if b["state"] == "open" and b.get("probe_in_s") is not None:
+        return f"open (probe in {b['probe_in_s']:.0f}s)"
+    return str(b["state"])
+
+
+@breakers_app.callback()
+def breakers_list(ctx: typer.Context) -> None:
+    """Each service's breaker (state, consecutive failures, last failure, retries), then its protocols
+    (marked down or up, failed/all attempts)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    st: _State = ctx.obj
+    report = _client(st).resilience()
+    if st.as_json:
+        _print_json(report)
+        return
+    now = time.time()
+    typer.echo(f"{'SERVICE':<14}{'PROTOCOL':<10}{'STATE':<22}{'FAILURES':>9}  {'RETRIES':<18}LAST FAILURE")
+    for s in report["services"]:
+        b, r = s["breaker"], s["retries"]
+        retries = f"{r['attempted']} ({r['succeeded']} ok, {r['exhausted']} spent)"
+        last = f"{_ago(b['last_failure_at'], now)}: {b['last_failure']}" if b["last_failure"] else "-"
+        typer.echo(f"{s['service']:<14}{'-':<10}{_breaker_state(b):<22}{b['consecutive_failures']:>9}  "
+                   f"{retries:<18}{last[:100]}")
+        for p in s["protocols"]:
+            state = f"down ({p['down_for_s']:.1f}s)" if p["down"] else "up"
+            typer.echo(f"{'':<14}{p['protocol']:<10}{state:<22}{p['failures']:>4}/{p['calls']}")
+
+
+@breakers_app.command("reset")
+def breakers_reset(ctx: typer.Context, service: str) -> None:
+    """Close SERVICE's breaker now, zero its failures and clear its protocols' down marks."""
+    st: _State = ctx.obj
+    r = _client(st).reset_breaker(service)
+    if st.as_json:
+        _print_json(r)
+        return
+    cleared = ", ".join(r["cleared_down"]) or "none"
+    typer.echo(f"{r['service']}: breaker {r['now']['breaker']['state']} (was {r['previous_state']} after "
+               f"{r['previous_failures']} consecutive failure(s); down marks cleared: {cleared})")
 
 
 def main() -> None:

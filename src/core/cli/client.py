@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -52,3 +53,11 @@ class ControlClient:
 
     def post(self, path: str, **kw: Any) -> Any:
         return self.request("POST", path, **kw)
+
+    def resilience(self) -> Any:
+        """``GET /api/resilience``: breakers, protocol down marks and retry counts per service."""
+        return self.get("/api/resilience")
+
+    def reset_breaker(self, service: str) -> Any:
+        """``POST /api/resilience/breakers/{service}/reset``; the name is path-quoted as given."""
+        return self.post(f"/api/resilience/breakers/{quote(service, safe='')}/reset")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
@@ -167,11 +169,96 @@ class MonitoringConfig(_Strict):
     )
 
 
+Role = Literal["client", "operator", "admin"]
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class RateLimits(_Strict):
+    """Requests allowed per window (0: no limit in that window); one budget per key and per address."""
+
+    per_minute: int = Field(120, ge=0, description="Requests per rolling minute.")
+    per_hour: int = Field(5000, ge=0, description="Requests per rolling hour.")
+
+
+class KeyEntry(_Strict):
+    """An API key in the keys file: its SHA-256 only, never the key itself (``sm keys hash`` makes one)."""
+
+    name: str = Field(pattern=KEY_NAME_PATTERN, description="Shown in logs and metrics instead of the key.")
+    role: Role = Field(description="admin: everything; operator: read control API and metrics, restart "
+                                   "services; client: conversations only.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
+    expires_at: float | None = Field(None, description="Unix time after which the key is refused.")
+    rate_limits: RateLimits | None = Field(None, description="This key's limits; the gateway's when absent.")
+
+
+class AuthConfig(_Strict):
+    """Who may call main: API keys with roles, short-lived client tokens, public paths, rate limits."""
+
+    keys_file: str = Field(
+        "api_keys.yaml", description="YAML list of KeyEntry (hashed keys), relative to the config folder; "
+                                     "a missing file means no file keys.",
+    )
+    env_key_role: Role = Field("admin", description="Role of the key in gateway.api_key_env (named after the env var).")
+    jwt_secret_env: str = Field("UV_JWT_SECRET", description="Env var with the token signing secret (32+ bytes).")
+    jwt_secret_file: str = Field(
+        "", description="File holding the signing secret when the env var is unset; empty means "
+                        "<var>/data/jwt_secret (created, mode 0600, on first start).",
+    )
+    token_ttl_s: int = Field(600, ge=10, le=3600, description="Lifetime of a client token that asks for none.")
+    token_max_ttl_s: int = Field(3600, ge=10, le=3600, description="Longest lifetime a client token may ask for.")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health", "/", "/favicon.ico", "/static/*"],
+        description="Paths open without a key or token ('/x/*' covers everything under /x/).",
+    )
+    rate_limits: RateLimits = Field(
+        default_factory=RateLimits,  # type: ignore[arg-type]
+        description="Default limits of each key (and of each client address) on conversation routes.",
+    )
+    allowlist: list[str] = Field(
+        default_factory=list,
+        description="Exempt from rate limits: client addresses or networks (127.0.0.1, 10.0.0.0/8) and "
+                    "key names as 'key:NAME'.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthConfig:
+        for p in self.public_paths:
+            if not p.startswith("/") or ("*" in p and not p.endswith("/*")) or p.count("*") > 1:
+                raise ValueError(f"public path {p!r}: give an absolute path, or a prefix ending in '/*'")
+        for a in self.allowlist:
+            if a.startswith("key:"):
+                continue
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError as e:
+                raise ValueError(f"allowlist entry {a!r} is neither an address/network nor 'key:NAME'") from e
+        if self.token_ttl_s > self.token_max_ttl_s:
+            raise ValueError("token_ttl_s is longer than token_max_ttl_s")
+        return self
+
+
 class GatewayConfig(_Strict):
     host: str = Field("127.0.0.1", description="Main binds here; anything but loopback needs an API key.")
     port: int = Field(8080, ge=1, le=65535, description="Main's HTTP port.")
-    api_key_env: str = Field("UV_API_KEY", description="Env var holding the gateway API key.")
+    api_key_env: str = Field("UV_API_KEY", description="Env var holding an API key (role auth.env_key_role).")
+    auth: AuthConfig = Field(default_factory=AuthConfig)  # type: ignore[arg-type]
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) whose pages may call main from another origin; empty: "
+                    "only the page's own origin. '*' is refused (requests carry credentials).",
+    )
+    max_json_bytes: int = Field(1024 * 1024, ge=1024, description="Largest JSON request body (413 past it).")
+    max_json_depth: int = Field(32, ge=2, le=256, description="Deepest nesting of a JSON body or message.")
     webrtc: WebRtcConfig = Field(default_factory=WebRtcConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _check_origins(self) -> GatewayConfig:
+        for o in self.cors_origins:
+            if o == "*":
+                raise ValueError("cors_origins: '*' is refused because requests carry credentials; list the origins")
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+", o):
+                raise ValueError(f"cors_origins: {o!r} is not an origin like https://app.example.com[:port]")
+        return self
 
 
 class HubConfig(_Strict):
@@ -252,7 +339,6 @@ class ConversationConfig(_Strict):
     max_text_chars: int = Field(2000, ge=1, description="Longest user message accepted.")
     max_audio_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest uploaded or buffered utterance.")
     max_ws_frame_bytes: int = Field(256 * 1024, ge=1, description="Largest single WebSocket frame.")
-    rate_limit_per_minute: int = Field(120, ge=1, description="REST requests per client per minute.")
     end_silence_ms: int = Field(600, ge=100, description="End-of-turn silence for voice sessions (turn.detection vad).")
     turn: TurnTaking = Field(
         default_factory=TurnTaking,  # type: ignore[arg-type]

@@ -68,6 +68,8 @@ class Session:
     history: list[HistoryItem] = field(default_factory=list)
     turn_count: int = 0
     ended: bool = False
+    owner: str = ""
+    """The name of the key (or the minting key of the token) that created it; '' when auth was off."""
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def touch(self) -> None:

@@ -9,17 +9,20 @@ polling turns, orchestrator, sessions and store, then services and the hub.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from core.access import Access, AccessGuard, build_access, missing_rules
+from core.access.keys import load_key_file
+from core.access.policy import app_routes
 from core.context import GlobalContext, ProcessContext
 from core.conversation.orchestrator import Orchestrator
 from core.conversation.types import AgentConfig
@@ -34,6 +37,7 @@ from core.errors import (
 )
 from core.gateway.metrics import count_error
 from core.gateway.routes import (
+    access,
     control,
     conversation,
     demo,
@@ -43,6 +47,7 @@ from core.gateway.routes import (
     openai_speech,
     polling,
     profiles,
+    resilience,
     sessions,
     voice_ws,
     webrtc,
@@ -57,16 +62,11 @@ from core.sessions import (
     Admission,
     ConversationStore,
     PollRegistry,
-    RateLimiter,
     Recorder,
     ReplyAudioCache,
     SessionManager,
     load_agents,
 )
-
-_OPEN_PATHS = frozenset({"/health", "/metrics", "/", "/favicon.ico"})
-_OPEN_PREFIXES = ("/static/",)
-"""The demo page and its files need no key (the page asks for it and sends it on API calls)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -78,17 +78,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def gateway_api_key(g: GlobalContext) -> str:
-    """The API key main requires; mandatory when binding anything but loopback."""
+def check_exposure(g: GlobalContext) -> None:
+    """Binding beyond loopback needs a key: the env key, or an admin key in the keys file."""
     gw = g.settings.gateway
-    key = os.environ.get(gw.api_key_env, "")
-    if not is_loopback(gw.host) and not key:
-        raise ConfigError(
-            "config/services.yaml", "gateway.host",
-            f"binding to {gw.host} exposes the platform beyond this machine; set {gw.api_key_env} "
-            "to an API key (clients send it as 'Authorization: Bearer <key>') or bind to 127.0.0.1",
-        )
-    return key
+    if is_loopback(gw.host) or os.environ.get(gw.api_key_env, ""):
+        return
+    keys_path = _under(Path(g.settings.config_dir), gw.auth.keys_file, Path(gw.auth.keys_file))
+    if any(k.role == "admin" for k in load_key_file(keys_path)):
+        return
+    raise ConfigError(
+        "config/services.yaml", "gateway.host",
+        f"binding to {gw.host} exposes the platform beyond this machine; set {gw.api_key_env} to an API key "
+        f"(clients send it as 'Authorization: Bearer <key>'), add an admin key to {keys_path} "
+        "('sm keys hash'), or bind to 127.0.0.1",
+    )
 
 
 def _under(base: Path, configured: str, default: Path) -> Path:
@@ -117,7 +120,9 @@ async def attach_conversation(rt: MainRuntime, agents: dict[str, AgentConfig]) -
     rt.sessions.start()
     rt.admission = Admission(conf.max_concurrent_turns, conf.admission_wait_s, rt.ctx.registry)
     rt.recorder = Recorder(_under(paths.var, conf.recordings_dir, paths.data / "recordings"), enabled=conf.recordings)
-    rt.rate_limiter = RateLimiter(conf.rate_limit_per_minute, registry=rt.ctx.registry)
+    if not hasattr(rt, "access"):   # a runtime built without create_app (tests, tools): from its settings
+        rt.access = access_for(rt.ctx)
+    rt.access.attach_store(store)
     rt.replies = ReplyAudioCache(conf.reply_audio_ttl_s)
     rt.polls = PollRegistry(max_buffers=conf.max_sessions, idle_s=conf.idle_timeout_s)
     rt.orchestrator = Orchestrator(
@@ -127,6 +132,26 @@ async def attach_conversation(rt: MainRuntime, agents: dict[str, AgentConfig]) -
         "conversation layer ready: store %s, %d agents, max %d turns in flight",
         store.path, len(agents), conf.max_concurrent_turns,
     )
+
+
+def access_for(ctx: ProcessContext) -> Access:
+    """Main's keys, token issuer and rate limiter (the store is attached by attach_conversation)."""
+    s = ctx.settings
+    return build_access(s.gateway, config_dir=Path(s.config_dir), data_dir=ctx.global_.paths.data,
+                        registry=ctx.registry)
+
+
+def guard(app: FastAPI, access: Access) -> None:
+    """Put ``access`` in front of every route (AccessGuard), and CORS when other origins are allowed."""
+    app.state.access = access
+    app.add_middleware(AccessGuard)
+    if origins := access.config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id", "X-Session-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -160,13 +185,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None) -> FastAPI:
-    api_key = gateway_api_key(g)
-    register_secret(api_key)  # neither the key nor the internal token may reach a log line
-    register_secret(g.internal_token)
+    check_exposure(g)
+    register_secret(g.internal_token)  # neither the internal token nor keys may reach a log line
     for ice in g.settings.gateway.webrtc.ice_servers:  # TURN passwords, from config or $UV_ICE_SERVERS
         register_secret(ice.credential or "")
     agents = load_agents(agents_dir(g))
     ctx = ProcessContext(global_=g, name="main")
+    gate = access_for(ctx)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -174,13 +199,20 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
         remote = RemoteServices(ctx)
         rt = MainRuntime(
             ctx=ctx, supervisor=sup, remote=remote,
-            hub=CommunicationManager(ctx, ServiceResolver(sup, remote), config=g.settings.hub), api_key=api_key,
+            hub=CommunicationManager(ctx, ServiceResolver(sup, remote), config=g.settings.hub),
         )
         rt.profiles = ProfileSwitcher(ctx, sup, rt.hub)
         control.install_metrics(rt)
         app.state.runtime = rt
         try:
+            rt.access = gate
             await attach_conversation(rt, agents)
+            rt.ctx.log.info(
+                "access: %s (%d API keys), rate limits %d/min %d/h per key and address",
+                "on" if rt.access.enabled else "off: no key configured, loopback only",
+                len(rt.access.keys.list()), g.settings.gateway.auth.rate_limits.per_minute,
+                g.settings.gateway.auth.rate_limits.per_hour,
+            )
             await rt.boot()
             yield
         finally:
@@ -194,22 +226,7 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
         description="Gateway and control API of the Ultravox Pipeline main process.",
     )
 
-    if api_key:
-        @app.middleware("http")
-        async def require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            path = request.url.path
-            if path not in _OPEN_PATHS and not path.startswith(_OPEN_PREFIXES):
-                auth = request.headers.get("authorization", "")
-                given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-                if not hmac.compare_digest(given.encode(), api_key.encode()):
-                    count_error(request, "UNAUTHENTICATED")
-                    return JSONResponse(
-                        {"error": {"code": "UNAUTHENTICATED",
-                                   "message": "missing or wrong API key; send 'Authorization: Bearer <key>'"}},
-                        status_code=401,
-                    )
-            return await call_next(request)
-
+    guard(app, gate)
     app.add_middleware(RequestContext)  # outermost: every request, refused ones included, gets an id
     install_error_handlers(app)
     app.include_router(control.router)
@@ -223,5 +240,15 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     app.include_router(webrtc.router)
     app.include_router(monitoring.router)
     app.include_router(profiles.router)
+    app.include_router(resilience.router)
+    app.include_router(access.router)
     app.include_router(demo.router)  # last: it serves "/" and the page's static files
+    if missing := missing_rules(route_table(app)):
+        raise ConfigError("src/core/access/policy.py", "RULES",
+                          f"routes without an access rule: {', '.join(missing)}; add one for each")
     return app
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path) the app serves; WebSockets as ``WS``. HEAD rides on GET."""
+    return [(m, p) for m, p, _ in app_routes(app.router.routes)]

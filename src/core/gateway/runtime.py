@@ -2,7 +2,7 @@
 
 One ``MainRuntime`` per main process, created in the FastAPI lifespan and stored on
 ``app.state.runtime``; routes reach it through ``runtime_of(request)``. The conversation layer
-(sessions, admission, recorder, orchestrator, REST reply audio, polling buffers, rate limiter)
+(sessions, admission, recorder, orchestrator, REST reply audio, polling buffers, access)
 is attached by the lifespan right after the runtime is built, before the first request.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,9 +25,10 @@ from core.managers.hub import CommunicationManager
 from core.managers.profiles import ProfileSwitcher
 from core.managers.remote import RemoteServices
 from core.managers.supervisor import ServiceSupervisor
-from core.sessions import Admission, PollRegistry, RateLimiter, Recorder, ReplyAudioCache, SessionManager
+from core.sessions import Admission, PollRegistry, Recorder, ReplyAudioCache, SessionManager
 
 if TYPE_CHECKING:  # the orchestrator imports nothing from the gateway; this keeps it that way
+    from core.access import Access
     from core.conversation.orchestrator import Orchestrator
 
 log = logging.getLogger("ultravox.main")
@@ -47,8 +47,6 @@ class MainRuntime:
     boot_error: str = ""
     booted: bool = False
     started_at: float = field(default_factory=time.time)
-    api_key: str = field(default="", repr=False)
-    """The gateway API key ("" on loopback without one); HTTP middleware and /ws/voice check it."""
     _boot_task: asyncio.Task[None] | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Run first (in reverse order of registration) when the conversation layer closes: transports
@@ -58,13 +56,10 @@ class MainRuntime:
     admission: Admission = field(init=False)
     recorder: Recorder = field(init=False)
     orchestrator: Orchestrator = field(init=False)
-    rate_limiter: RateLimiter = field(init=False)
+    access: Access = field(init=False)
+    """Keys, tokens and rate limits (core.access); the AccessGuard middleware applies them."""
     replies: ReplyAudioCache = field(init=False)
     polls: PollRegistry = field(init=False)
-
-    @property
-    def api_key_required(self) -> bool:
-        return bool(self.api_key)
 
     async def boot(self) -> None:
         """Prepare venvs and spawn services in the background, so /health answers meanwhile."""
@@ -129,20 +124,3 @@ class MainRuntime:
 def runtime_of(request: Request) -> MainRuntime:
     rt: MainRuntime = request.app.state.runtime
     return rt
-
-
-def client_key(request: Request, *, api_key_required: bool) -> str:
-    """Who a request counts against for rate limiting: the API key when main requires one
-    (the middleware has checked it), else the client's address."""
-    if api_key_required:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if key:
-            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    return "host:" + (request.client.host if request.client else "unknown")
-
-
-async def rate_limited(request: Request) -> None:
-    """FastAPI dependency of the REST conversation, session and polling routes (429 past the limit)."""
-    rt = runtime_of(request)
-    rt.rate_limiter.check(client_key(request, api_key_required=rt.api_key_required))

@@ -18,11 +18,13 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from core.access.guard import check_json_text
+from core.access.principal import OPEN, Principal
 from core.config.models import ConversationConfig
 from core.conversation.control import TYPES, Command, TextMessage, VoiceConfig, parse_control
 from core.conversation.types import EventSink, Session
 from core.conversation.voice import VoiceConversation
-from core.errors import CallError, InvalidArgument, ServiceUnavailable
+from core.errors import CallError, InvalidArgument, PermissionDenied, ServiceUnavailable
 from core.gateway.runtime import MainRuntime
 from core.logs import session_id_var
 
@@ -39,9 +41,9 @@ class VoiceEndpoint:
 
     def __init__(
         self, rt: MainRuntime, sink: EventSink, *, out_rate: int | None = None, commit: bool = False,
-        name: str = "/ws/voice",
+        name: str = "/ws/voice", by: Principal = OPEN,
     ) -> None:
-        self.rt, self.sink, self.name = rt, sink, name
+        self.rt, self.sink, self.name, self.by = rt, sink, name, by
         self.cfg: ConversationConfig = rt.ctx.settings.conversation
         self.conv: VoiceConversation | None = None
         self.voice = VoiceConfig()
@@ -78,6 +80,7 @@ class VoiceEndpoint:
         """One JSON control message (InvalidArgument saying what to send when it is wrong)."""
         if len(raw) > self.cfg.max_ws_frame_bytes:
             raise InvalidArgument(f"control message of {len(raw)} characters is over the size limit")
+        check_json_text(raw, self.rt.ctx.settings.gateway.max_json_depth, "the control message")
         kind = _type_of(raw)
         if kind == COMMIT and self._commit:
             if json.loads(raw) != {"type": COMMIT}:
@@ -112,8 +115,12 @@ class VoiceEndpoint:
     async def configure(self, voice: VoiceConfig) -> None:
         """Open (or switch to) the session ``voice`` names; the old conversation, if any, ends."""
         sessions = self.rt.sessions
-        if voice.session_id is not None:
-            session = sessions.get(voice.session_id)
+        if voice.session_id is None and self.by.session_id is not None:   # a token scoped to one session
+            session = sessions.create(session_id=self.by.session_id, agent=voice.agent, voice=voice.voice,
+                                      language=voice.language, by=self.by)
+            sessions.configure(session, voice=voice.voice, language=voice.language)
+        elif voice.session_id is not None:
+            session = sessions.get(voice.session_id, by=self.by)
             if voice.agent is not None and voice.agent != session.agent.name:
                 raise InvalidArgument(
                     f"session {session.id!r} uses agent {session.agent.name!r}; an agent is chosen only for a new "
@@ -121,11 +128,14 @@ class VoiceEndpoint:
                 )
             sessions.configure(session, voice=voice.voice, language=voice.language)
         else:
-            session = sessions.create(agent=voice.agent, voice=voice.voice, language=voice.language)
+            session = sessions.create(agent=voice.agent, voice=voice.voice, language=voice.language, by=self.by)
         await self._switch(voice, session)
 
     async def reset(self) -> None:
         """End the current session and start a fresh one with the same agent, voice and language."""
+        if self.by.session_id is not None:
+            raise PermissionDenied("this token is scoped to one session, so it cannot start another: end the "
+                                   "call, or use a token without session_id")
         old = self.conv.session if self.conv is not None else None
         if self.conv is not None:
             await self.conv.close()
@@ -134,7 +144,7 @@ class VoiceEndpoint:
             self.rt.sessions.end(old.id)
         session = self.rt.sessions.create(
             agent=old.agent.name if old else None, voice=old.voice if old else None,
-            language=old.language if old else None,
+            language=old.language if old else None, by=self.by,
         )
         await self._switch(self.voice.model_copy(update={"session_id": None}), session)
 

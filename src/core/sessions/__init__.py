@@ -1,7 +1,7 @@
-"""Sessions: live conversations, their persistent store, admission control and rate limits.
+"""Sessions: live conversations, their persistent store and admission control.
 
 Public face: :class:`SessionManager`, :func:`load_agents`, :class:`ConversationStore`,
-:class:`Admission`, :class:`RateLimiter`, :class:`Recorder`, plus the REST and polling helpers
+:class:`Admission`, :class:`Recorder`, plus the REST and polling helpers
 the gateway routes use (:class:`CollectingSink`, :class:`ReplyAudioCache`, :class:`PollRegistry`).
 
 The two packages import each other: ``core.conversation``'s orchestrator uses the session
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from core.sessions.agents import load_agents
     from core.sessions.manager import SessionManager, check_session_id
     from core.sessions.polling import PollBuffer, PollRegistry, PollSink, TurnInProgress
-    from core.sessions.ratelimit import RateLimiter
     from core.sessions.recorder import Recorder
     from core.sessions.replies import CollectingSink, ReplyAudioCache, wav_bytes
     from core.sessions.store import ConversationStore
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "Admission": "admission", "load_agents": "agents", "SessionManager": "manager", "check_session_id": "manager",
     "PollBuffer": "polling", "PollRegistry": "polling", "PollSink": "polling", "TurnInProgress": "polling",
-    "RateLimiter": "ratelimit", "Recorder": "recorder", "CollectingSink": "replies", "ReplyAudioCache": "replies",
+    "Recorder": "recorder", "CollectingSink": "replies", "ReplyAudioCache": "replies",
     "wav_bytes": "replies", "ConversationStore": "store",
 }
 
@@ -39,7 +38,6 @@ __all__ = [
     "PollBuffer",
     "PollRegistry",
     "PollSink",
-    "RateLimiter",
     "Recorder",
     "ReplyAudioCache",
     "SessionManager",

@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from core.access.principal import OPEN, Principal
 from core.config.models import ConversationConfig
 from core.conversation.types import AgentConfig, HistoryItem, Session, TurnRecord
 from core.errors import ConfigError, InvalidArgument, NotFound, Overloaded, ServiceFailed
@@ -79,15 +80,19 @@ class SessionManager:
     # ---- lifecycle of sessions -------------------------------------------------------------
     def create(
         self, *, agent: str | None = None, session_id: str | None = None, voice: str | None = None,
-        language: str | None = None,
+        language: str | None = None, by: Principal = OPEN,
     ) -> Session:
-        """A new session, or the live (or stored) one with this id."""
+        """A new session (owned by ``by``), or the live (or stored) one with this id if ``by`` may use it."""
+        session_id, agent = by.scope(session_id, agent)
         if session_id is not None:
             check_session_id(session_id)
             if (live := self._sessions.get(session_id)) is not None:
+                by.check_session(live.id, live.owner, live.agent.name)
                 live.touch()
                 return live
             row = self.store.session_row(session_id)
+            if row is not None:
+                by.check_session(session_id, row["owner"], row["agent"])
             if session_id in self._ended or (row is not None and row["ended_at"] is not None):
                 raise InvalidArgument(f"session {session_id!r} has ended; start a new one with another id")
             if row is not None:
@@ -97,7 +102,7 @@ class SessionManager:
         now = self._clock()
         s = Session(
             id=session_id or uuid.uuid4().hex, agent=ag, voice=ag.voice if voice is None else voice,
-            language=language or ag.language, created_at=now, last_active=now,
+            language=language or ag.language, created_at=now, last_active=now, owner=by.owner,
         )
         self._sessions[s.id] = s
         self.store.put_session(s)
@@ -106,15 +111,19 @@ class SessionManager:
         log.info("session created (agent %s)", ag.name, extra={"session_id": s.id})
         return s
 
-    def get(self, session_id: str) -> Session:
-        """The live session, else the stored one resumed (history rebuilt); NotFound if unknown/ended."""
+    def get(self, session_id: str, by: Principal = OPEN) -> Session:
+        """The live session, else the stored one resumed (history rebuilt); NotFound if unknown/ended,
+        or not ``by``'s to use."""
         check_session_id(session_id)
         if (live := self._sessions.get(session_id)) is not None:
+            by.check_session(live.id, live.owner, live.agent.name)
             live.touch()
             return live
         row = self.store.session_row(session_id)
         if row is None and session_id not in self._ended:
             raise NotFound(f"unknown session {session_id!r}; create one with POST /api/sessions")
+        if row is not None:
+            by.check_session(session_id, row["owner"], row["agent"])
         if row is None or row["ended_at"] is not None or session_id in self._ended:
             raise NotFound(f"session {session_id!r} has ended; its transcript is still at "
                            f"GET /api/sessions/{session_id}/transcript")
@@ -132,7 +141,7 @@ class SessionManager:
             history += history_items(t["user_text"], t["assistant_text"], t["interrupted"])
         s = Session(
             id=sid, agent=ag, voice=row["voice"], language=row["language"], created_at=row["created_at"],
-            last_active=self._clock(), history=history, turn_count=int(row["turn_count"]),
+            last_active=self._clock(), history=history, turn_count=int(row["turn_count"]), owner=row["owner"],
         )
         self._sessions[sid] = s
         self._metrics.resumed.inc()
@@ -150,9 +159,24 @@ class SessionManager:
         if changed:
             self.store.put_session(session)
 
-    def end(self, session_id: str) -> None:
+    def check_access(self, session_id: str, by: Principal) -> None:
+        """NotFound (or PermissionDenied for a scoped token) unless ``by`` may use the session, live,
+        stored or ended."""
+        check_session_id(session_id)
+        if (live := self._sessions.get(session_id)) is not None:
+            by.check_session(live.id, live.owner, live.agent.name)
+            return
+        row = self.store.session_row(session_id)
+        if row is None:
+            by.scope(session_id, None)
+            raise NotFound(f"unknown session {session_id!r}")
+        by.check_session(session_id, row["owner"], row["agent"])
+
+    def end(self, session_id: str, by: Principal = OPEN) -> None:
         """End a session: it leaves memory and cannot be resumed; its transcript stays."""
         check_session_id(session_id)
+        if by is not OPEN:
+            self.check_access(session_id, by)
         if session_id in self._ended:
             return
         live = self._sessions.pop(session_id, None)
@@ -171,9 +195,9 @@ class SessionManager:
         self.store.end_session(session_id, self._clock())
         log.info("session ended", extra={"session_id": session_id})
 
-    async def purge(self, session_id: str) -> None:
+    async def purge(self, session_id: str, by: Principal = OPEN) -> None:
         """End a session and delete it and its turns from the store (its id may be used again)."""
-        self.end(session_id)
+        self.end(session_id, by)
         await self.store.purge_session(session_id)
         self._ended.pop(session_id, None)
 
@@ -209,9 +233,11 @@ class SessionManager:
             "turn_running": s.turn_lock.locked(), "history_items": len(s.history),
         }
 
-    def list(self) -> builtins.list[dict[str, Any]]:
-        """Live sessions, most recently active first."""
-        return [self.describe(s) for s in sorted(self._sessions.values(), key=lambda s: -s.last_active)]
+    def list(self, by: Principal = OPEN) -> builtins.list[dict[str, Any]]:
+        """Live sessions ``by`` may see, most recently active first."""
+        mine = (s for s in self._sessions.values()
+                if by.sees_all_sessions or by.via == "open" or (s.owner == by.name and by.session_id in (None, s.id)))
+        return [self.describe(s) for s in sorted(mine, key=lambda s: -s.last_active)]
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.conversation.types import Session, TurnRecord
-from core.errors import ConfigError
+from core.errors import ConfigError, InvalidArgument
 
 log = logging.getLogger("ultravox.sessions.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE sessions (
@@ -45,6 +45,17 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             user_audio_path TEXT NOT NULL, assistant_audio_path TEXT NOT NULL)""",
         "CREATE INDEX turns_by_session ON turns(session_id, idx, started_at)",
     ),
+    2: (  # access: who owns a session, API keys made through the API, minted client tokens
+        "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY, role TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL, created_by TEXT NOT NULL, expires_at REAL,
+            per_minute INTEGER, per_hour INTEGER)""",
+        """CREATE TABLE tokens (
+            jti TEXT PRIMARY KEY, subject TEXT NOT NULL, session_id TEXT, agent TEXT,
+            issued_at REAL NOT NULL, expires_at REAL NOT NULL, revoked_at REAL, revoked_by TEXT)""",
+        "CREATE INDEX tokens_by_expiry ON tokens(expires_at)",
+    ),
 }
 """Version -> statements that bring a file from version-1 to it. Append; never edit a released one."""
 
@@ -52,8 +63,8 @@ _TURN_COLUMNS = (
     "turn_id, session_id, idx, user_text, assistant_text, interrupted, outcome, degraded, error, latency, "
     "started_at, ended_at, user_audio_path, assistant_audio_path"
 )
-_SESSION_UPSERT = """INSERT INTO sessions (id, agent, voice, language, created_at, last_active, turn_count)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+_SESSION_UPSERT = """INSERT INTO sessions (id, agent, voice, language, created_at, last_active, turn_count, owner)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET agent=excluded.agent, voice=excluded.voice, language=excluded.language,
         last_active=excluded.last_active, turn_count=MAX(sessions.turn_count, excluded.turn_count)"""
 
@@ -67,7 +78,7 @@ def _connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connectio
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
-    return (s.id, s.agent.name, s.voice, s.language, s.created_at, s.last_active, s.turn_count)
+    return (s.id, s.agent.name, s.voice, s.language, s.created_at, s.last_active, s.turn_count, s.owner)
 
 
 def turn_to_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -220,14 +231,22 @@ class ConversationStore:
         )
         return [turn_to_dict(r) for r in reversed(rows)]
 
-    async def list_sessions(self, limit: int = 100, *, include_ended: bool = False) -> list[dict[str, Any]]:
-        """Stored sessions, most recently active first (after every queued write has landed)."""
+    async def list_sessions(
+        self, limit: int = 100, *, include_ended: bool = False, owner: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored sessions (only ``owner``'s when given), most recently active first, after every
+        queued write has landed."""
         await self.flush()
-        return await asyncio.to_thread(self._list_sessions, limit, include_ended)
+        return await asyncio.to_thread(self._list_sessions, limit, include_ended, owner)
 
-    def _list_sessions(self, limit: int, include_ended: bool) -> list[dict[str, Any]]:
-        where = "" if include_ended else "WHERE ended_at IS NULL"
-        rows = self._read(f"SELECT * FROM sessions {where} ORDER BY last_active DESC LIMIT ?", (limit,))
+    def _list_sessions(self, limit: int, include_ended: bool, owner: str | None = None) -> list[dict[str, Any]]:
+        where = [] if include_ended else ["ended_at IS NULL"]
+        params: tuple[Any, ...] = ()
+        if owner is not None:
+            where.append("owner = ?")
+            params = (owner,)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(f"SELECT * FROM sessions {clause} ORDER BY last_active DESC LIMIT ?", (*params, limit))
         return [dict(r) for r in rows]
 
     async def transcript(self, session_id: str) -> dict[str, Any] | None:
@@ -248,6 +267,50 @@ class ConversationStore:
         return {
             "session_id": head["id"], "agent": head["agent"], "voice": head["voice"],
             "language": head["language"], "created_at": head["created_at"], "last_active": head["last_active"],
-            "ended_at": head["ended_at"], "turn_count": len(rows), "turns": [turn_to_dict(r) for r in rows],
+            "ended_at": head["ended_at"], "owner": head["owner"], "turn_count": len(rows),
+            "turns": [turn_to_dict(r) for r in rows],
             "exported_at": time.time(), "schema_version": SCHEMA_VERSION,
         }
+
+    # ---- access: API keys and client tokens ------------------------------------------------
+    async def put_key(self, row: dict[str, Any]) -> None:
+        """Add an API key (by hash); a name already taken is an InvalidArgument."""
+        cols = ("name", "role", "sha256", "created_at", "created_by", "expires_at", "per_minute", "per_hour")
+        try:
+            await self._write(self._tx, (
+                f"INSERT INTO api_keys ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                tuple(row[c] for c in cols),
+            ))
+        except sqlite3.IntegrityError as e:
+            raise InvalidArgument(f"an API key named {row['name']!r} exists; pick another name") from e
+
+    async def delete_key(self, name: str) -> bool:
+        def run() -> bool:
+            assert self._wconn is not None
+            return self._wconn.execute("DELETE FROM api_keys WHERE name=?", (name,)).rowcount > 0
+        return await self._write(run)
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._read("SELECT * FROM api_keys ORDER BY name", ())]
+
+    async def put_token(self, row: dict[str, Any]) -> None:
+        """Remember a minted token (never the token itself), so it can be listed and revoked; rows
+        of tokens expired a day ago are dropped on the way."""
+        await self._write(
+            self._tx,
+            ("DELETE FROM tokens WHERE expires_at < ?", (time.time() - 86400,)),
+            ("INSERT INTO tokens (jti, subject, session_id, agent, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+             (row["jti"], row["subject"], row["session_id"], row["agent"], row["issued_at"], row["expires_at"])),
+        )
+
+    def token_row(self, jti: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT * FROM tokens WHERE jti=?", (jti,))
+        return dict(rows[0]) if rows else None
+
+    async def revoke_token(self, jti: str, by: str, at: float) -> None:
+        await self._write(self._tx, ("UPDATE tokens SET revoked_at=?, revoked_by=? WHERE jti=?", (at, by, jti)))
+
+    def revoked_tokens(self, now: float) -> dict[str, float]:
+        """jti -> expiry of every revoked token that has not expired yet."""
+        rows = self._read("SELECT jti, expires_at FROM tokens WHERE revoked_at IS NOT NULL AND expires_at > ?", (now,))
+        return {r["jti"]: float(r["expires_at"]) for r in rows}

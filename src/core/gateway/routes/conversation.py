@@ -15,18 +15,19 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from core.access import OPEN, Principal, principal_of
 from core.conversation.types import Session, TurnRecord
 from core.errors import InvalidArgument, NotFound, Overloaded, RequestRejected
-from core.gateway.runtime import MainRuntime, rate_limited, runtime_of
+from core.gateway.runtime import MainRuntime, runtime_of
 from core.logs import session_id_var
 from core.sessions import CollectingSink, TurnInProgress
 
-router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)], tags=["conversation"])
+router = APIRouter(prefix="/api", tags=["conversation"])
 AudioMode = Literal["url", "inline", "none"]
 #: Types that declare raw PCM16: believed whatever the body's first bytes look like.
 _DECLARED_PCM = ("audio/pcm", "audio/l16", "audio/x-raw")
@@ -140,7 +141,8 @@ def _rate(form_value: str | None, query_value: int | None) -> int | None:
 
 
 def session_for(
-    rt: MainRuntime, session_id: str | None, *, agent: str | None, voice: str | None, language: str | None
+    rt: MainRuntime, session_id: str | None, *, agent: str | None, voice: str | None, language: str | None,
+    by: Principal = OPEN,
 ) -> Session:
     """The session a conversation request names (created when unknown), configured for this turn.
 
@@ -149,11 +151,11 @@ def session_for(
     voice, language = voice or None, language or None
     if session_id:
         try:
-            s = rt.sessions.get(session_id)
+            s = rt.sessions.get(session_id, by=by)
         except NotFound:
-            s = rt.sessions.create(session_id=session_id, agent=agent, voice=voice, language=language)
+            s = rt.sessions.create(session_id=session_id, agent=agent, voice=voice, language=language, by=by)
     else:
-        s = rt.sessions.create(agent=agent, voice=voice, language=language)
+        s = rt.sessions.create(agent=agent, voice=voice, language=language, by=by)
     if agent and agent != s.agent.name:
         raise InvalidArgument(f"session {s.id!r} uses agent {s.agent.name!r}; an agent is fixed per session")
     rt.sessions.configure(s, voice=voice, language=language)
@@ -206,7 +208,8 @@ async def conversation(body: ConversationBody, request: Request) -> dict[str, An
     rt = runtime_of(request)
     conf = rt.sessions.config
     text = check_text(body.message, conf.max_text_chars)
-    s = session_for(rt, body.session_id, agent=body.agent, voice=body.voice_id, language=body.language)
+    s = session_for(rt, body.session_id, agent=body.agent, voice=body.voice_id, language=body.language,
+                    by=principal_of(request))
     out_rate = body.sample_rate or conf.output_sample_rate
     sink = CollectingSink(out_rate)
     record = await rt.orchestrator.text_turn(s, text, sink, out_rate=out_rate)
@@ -228,7 +231,7 @@ async def conversation_audio(
     f = up.fields
     s = session_for(
         rt, f.get("session_id") or session_id, agent=f.get("agent") or agent,
-        voice=f.get("voice_id") or voice_id, language=f.get("language") or language,
+        voice=f.get("voice_id") or voice_id, language=f.get("language") or language, by=principal_of(request),
     )
     mode = audio
     if "audio" in f:

@@ -16,18 +16,19 @@ import contextvars
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from core.access import Principal, principal_of
 from core.conversation.types import Session
 from core.errors import CallError, Overloaded
 from core.gateway.routes.conversation import check_text, parse_upload
-from core.gateway.runtime import MainRuntime, rate_limited, runtime_of
+from core.gateway.runtime import MainRuntime, runtime_of
 from core.logs import session_id_var, turn_id_var
 from core.sessions import PollBuffer, PollSink, TurnInProgress
 
-router = APIRouter(prefix="/api/poll", dependencies=[Depends(rate_limited)], tags=["polling"])
+router = APIRouter(prefix="/api/poll", tags=["polling"])
 log = logging.getLogger("ultravox.gateway.polling")
 MAX_WAIT_S = 25.0
 START_STEPS = 20
@@ -41,8 +42,8 @@ class TextTurn(BaseModel):
     sample_rate: int | None = Field(None, ge=8000, le=48000, description="Reply audio rate (PCM16).")
 
 
-def _prepare(rt: MainRuntime, session_id: str) -> tuple[Session, PollBuffer]:
-    s = rt.sessions.get(session_id)
+def _prepare(rt: MainRuntime, session_id: str, by: Principal) -> tuple[Session, PollBuffer]:
+    s = rt.sessions.get(session_id, by=by)
     session_id_var.set(s.id)
     if rt.polls.running(s.id) or s.turn_lock.locked():
         raise TurnInProgress(f"a turn is already running in session {s.id!r}; wait for its turn_complete event")
@@ -100,7 +101,7 @@ async def _start(rt: MainRuntime, s: Session, buf: PollBuffer, out_rate: int, ru
 async def poll_text(session_id: str, body: TextTurn, request: Request) -> JSONResponse:
     rt = runtime_of(request)
     text = check_text(body.text, rt.sessions.config.max_text_chars, "text")
-    s, buf = _prepare(rt, session_id)
+    s, buf = _prepare(rt, session_id, principal_of(request))
     out_rate = body.sample_rate or rt.sessions.config.output_sample_rate
 
     async def run(sink: PollSink) -> None:
@@ -115,9 +116,9 @@ async def poll_audio(
     out_sample_rate: int | None = Query(None, ge=8000, le=48000, description="Reply audio rate."),
 ) -> JSONResponse:
     rt = runtime_of(request)
-    rt.sessions.get(session_id)  # 404 before reading a large body for nothing
+    rt.sessions.get(session_id, by=principal_of(request))  # 404 before reading a large body for nothing
     up = await parse_upload(request, rt.sessions.config.max_audio_bytes, sample_rate)
-    s, buf = _prepare(rt, session_id)
+    s, buf = _prepare(rt, session_id, principal_of(request))
     out_rate = out_sample_rate or rt.sessions.config.output_sample_rate
 
     async def run(sink: PollSink) -> None:
@@ -133,7 +134,7 @@ async def poll_events(
 ) -> dict[str, Any]:
     """``{"events": [...], "next": seq to pass as after, "missed": n dropped, "more": bool, "reset": bool}``."""
     rt = runtime_of(request)
-    s = rt.sessions.get(session_id)
+    s = rt.sessions.get(session_id, by=principal_of(request))
     buf = rt.polls.buffer(s.id)
     out = await buf.wait_after(after, wait)
     if out["events"] and not out["more"] and rt.polls.running(s.id):

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from core.access import principal_of
 from core.errors import NotFound
-from core.gateway.runtime import rate_limited, runtime_of
+from core.gateway.runtime import runtime_of
 from core.sessions import check_session_id
 
-router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)], tags=["sessions"])
+router = APIRouter(prefix="/api", tags=["sessions"])
 
 
 class NewSession(BaseModel):
@@ -30,12 +31,11 @@ class NewSession(BaseModel):
 @router.post("/sessions")
 async def create_session(request: Request, body: NewSession | None = None) -> JSONResponse:
     """201 with the new session; 200 with the existing one when ``session_id`` is already live or stored."""
-    sessions = runtime_of(request).sessions
+    sessions, by = runtime_of(request).sessions, principal_of(request)
     body = body or NewSession.model_validate({})
-    existed = body.session_id is not None and (
-        body.session_id in sessions or sessions.store.session_row(check_session_id(body.session_id)) is not None
-    )
-    s = sessions.create(agent=body.agent, session_id=body.session_id, voice=body.voice, language=body.language)
+    sid = by.scope(body.session_id, body.agent)[0]
+    existed = sid is not None and (sid in sessions or sessions.store.session_row(check_session_id(sid)) is not None)
+    s = sessions.create(agent=body.agent, session_id=body.session_id, voice=body.voice, language=body.language, by=by)
     return JSONResponse(sessions.describe(s), status_code=200 if existed else 201)
 
 
@@ -45,14 +45,16 @@ async def list_sessions(
     stored: bool = Query(False, description="Also list sessions kept only in the store (resumable)."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    sessions = runtime_of(request).sessions
-    out: dict[str, Any] = {"sessions": sessions.list()[:limit]}
+    sessions, by = runtime_of(request).sessions, principal_of(request)
+    out: dict[str, Any] = {"sessions": sessions.list(by)[:limit]}
     if stored:
+        owner = None if by.sees_all_sessions or by.via == "open" else by.name
         out["stored"] = [
             {"session_id": r["id"], "agent": r["agent"], "voice": r["voice"], "language": r["language"],
              "created_at": r["created_at"], "last_active": r["last_active"], "turn_count": r["turn_count"],
              "live": r["id"] in sessions}
-            for r in await sessions.store.list_sessions(limit)
+            for r in await sessions.store.list_sessions(limit, owner=owner)
+            if by.session_id in (None, r["id"])
         ]
     return out
 
@@ -60,7 +62,7 @@ async def list_sessions(
 @router.get("/sessions/{session_id}")
 async def get_session(session_id: str, request: Request) -> dict[str, Any]:
     sessions = runtime_of(request).sessions
-    s = sessions.get(session_id)
+    s = sessions.get(session_id, by=principal_of(request))
     return {**sessions.describe(s), "history": [
         {"role": h.role, "text": h.text, "interrupted": h.interrupted} for h in s.history
     ]}
@@ -71,11 +73,12 @@ async def end_session(
     session_id: str, request: Request,
     purge: bool = Query(False, description="Also delete the session and its turns from the store."),
 ) -> dict[str, Any]:
-    rt = runtime_of(request)
+    rt, by = runtime_of(request), principal_of(request)
+    rt.sessions.check_access(session_id, by)
     if purge:
-        await rt.sessions.purge(session_id)
+        await rt.sessions.purge(session_id, by)
     else:
-        rt.sessions.end(session_id)
+        rt.sessions.end(session_id, by)
     rt.polls.drop(session_id)
     return {"session_id": session_id, "ended": True, "purged": purge}
 
@@ -83,10 +86,12 @@ async def end_session(
 @router.get("/sessions/{session_id}/transcript")
 async def transcript(session_id: str, request: Request) -> dict[str, Any]:
     """Every stored turn of the session (ended ones too), as JSON."""
-    sessions = runtime_of(request).sessions
+    sessions, by = runtime_of(request).sessions, principal_of(request)
     out = await sessions.store.transcript(check_session_id(session_id))
     if out is None:
+        by.scope(session_id, None)
         raise NotFound(f"unknown session {session_id!r}; nothing stored under that id")
+    by.check_session(session_id, out["owner"], out["agent"])
     return out
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from core.access import principal_of
 from core.conversation.audio import container_kind
 from core.conversation.outbox import Outbox
 from core.errors import InvalidArgument
@@ -35,21 +35,10 @@ CONFIG_GRACE_S = 1.0
 
 @router.websocket("/ws/voice")
 async def voice_ws(ws: WebSocket) -> None:
+    """Keys, tokens (``?token=``), origins and rate limits were checked by the AccessGuard."""
     rt: MainRuntime = ws.app.state.runtime
-    if not _authorized(ws, rt):
-        await ws.close(code=1008, reason="missing or wrong API key; send 'Authorization: Bearer <key>' or ?api_key=")
-        return
     await ws.accept()
     await VoiceSocket(ws, rt).serve()
-
-
-def _authorized(ws: WebSocket, rt: MainRuntime) -> bool:
-    if not rt.api_key_required:
-        return True
-    auth = ws.headers.get("authorization", "")
-    given = auth[7:] if auth.lower().startswith("bearer ") else ws.headers.get("x-api-key", "")
-    given = given or ws.query_params.get("api_key", "")
-    return hmac.compare_digest(given.encode(), rt.api_key.encode())
 
 
 class VoiceSocket:
@@ -58,7 +47,7 @@ class VoiceSocket:
     def __init__(self, ws: WebSocket, rt: MainRuntime) -> None:
         self.ws, self.rt, self.cfg = ws, rt, rt.ctx.settings.conversation
         self.outbox = Outbox()
-        self.endpoint = VoiceEndpoint(rt, self.outbox)
+        self.endpoint = VoiceEndpoint(rt, self.outbox, by=principal_of(ws))
 
     async def serve(self) -> None:
         writer = asyncio.create_task(self._write(), name="ws-writer")

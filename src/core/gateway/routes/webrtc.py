@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from core.access import principal_of
 from core.errors import InvalidArgument
 from core.gateway.runtime import MainRuntime, runtime_of
 from core.gateway.webrtc import PeerRegistry, parse_candidates, parse_offer
@@ -48,7 +49,7 @@ async def offer(request: Request) -> dict[str, str]:
     """An SDP offer in, the answer (with the server's candidates), ``pc_id`` and ``session_id`` out."""
     rt = runtime_of(request)
     parsed = parse_offer(await request.body(), max_text_chars=rt.ctx.settings.conversation.max_text_chars)
-    peer = await peers_of(request).open(parsed)
+    peer = await peers_of(request).open(parsed, by=principal_of(request))
     sdp = str(peer.pc.localDescription.sdp)
     return {"sdp": sdp, "type": "answer", "pc_id": peer.id, "session_id": peer.session_id}
 

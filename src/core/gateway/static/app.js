@@ -315,8 +315,16 @@ function bind() {
   $("agent").addEventListener("change", fillVoices);
   $("language").addEventListener("change", fillVoices);
   $("apikey-row").addEventListener("submit", (e) => e.preventDefault());
-  $("apikey").addEventListener("change", () => {
-    api.setKey($("apikey").value);
+  $("apikey").addEventListener("change", async () => {
+    const field = $("apikey");
+    try {
+      await api.setKey(field.value);
+      $("apikey-row").hidden = true;
+    } catch (e) {
+      panels.log("error", e.message);
+    } finally {
+      field.value = ""; // the key is swapped for a token; the page keeps no copy
+    }
     loadPickers();
   });
   window.addEventListener("pagehide", () => transport && transport.close());

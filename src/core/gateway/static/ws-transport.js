@@ -56,7 +56,10 @@ export class WsTransport {
       };
       ws.onclose = (e) => {
         clearTimeout(timer);
-        if (e.code === 1008 && /API key/i.test(e.reason)) this.api.onKeyNeeded();
+        if (e.code === 1008 && /API key|token/i.test(e.reason)) {
+          this.api.remember("", 0);
+          this.api.onKeyNeeded();
+        }
         const reason = `socket closed (${e.code}${e.reason ? ": " + e.reason : ""})`;
         if (!ready) reject(new Error(reason));
         else if (!this.closing) this.hooks.onClosed(reason);

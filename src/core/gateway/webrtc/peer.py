@@ -27,6 +27,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
+from core.access.principal import OPEN, Principal
 from core.config.models import WebRtcConfig
 from core.errors import InvalidArgument, ServiceUnavailable
 from core.gateway.runtime import MainRuntime
@@ -53,7 +54,8 @@ def ice_servers(config: WebRtcConfig) -> list[RTCIceServer]:
 
 class Peer:
     def __init__(
-        self, rt: MainRuntime, config: WebRtcConfig, on_closed: Callable[[Peer, Reason | None], None]
+        self, rt: MainRuntime, config: WebRtcConfig, on_closed: Callable[[Peer, Reason | None], None],
+        *, by: Principal = OPEN,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.config, self._on_closed = config, on_closed
@@ -61,7 +63,7 @@ class Peer:
         self.buffer, self.inbound = PlayoutBuffer(), InboundAudio()
         self.sink = WebRtcSink(self.buffer, self.inbound)
         self.track = ReplyTrack(self.buffer)
-        self.endpoint = VoiceEndpoint(rt, self.sink, out_rate=TRACK_RATE, commit=True, name="webrtc")
+        self.endpoint = VoiceEndpoint(rt, self.sink, out_rate=TRACK_RATE, commit=True, name="webrtc", by=by)
         self.mic: MediaStreamTrack | None = None
         self.reason: Reason | None = None
         self._messages: asyncio.Queue[str | bytes | object] = asyncio.Queue()

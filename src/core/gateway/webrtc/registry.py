@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from core.access.principal import OPEN, Principal
 from core.config.models import WebRtcConfig
 from core.errors import NotFound, Overloaded
 from core.gateway.runtime import MainRuntime
@@ -41,7 +42,7 @@ class PeerRegistry:
         for reason in REASONS:
             self.ended.labels(reason)
 
-    async def open(self, offer: Offer) -> Peer:
+    async def open(self, offer: Offer, by: Principal = OPEN) -> Peer:
         """A new call answering ``offer``; Overloaded (503) at ``max_peers``, InvalidArgument/NotFound as told.
 
         A peer closed while it was being answered (shutdown, its connection gone) is cleaned up and refused
@@ -53,7 +54,7 @@ class PeerRegistry:
                 "with DELETE /api/offer/{pc_id}",
                 retry_after_s=RETRY_AFTER_S,
             )
-        peer = Peer(self.rt, self.config, self._closed)
+        peer = Peer(self.rt, self.config, self._closed, by=by)
         self._opening.add(peer)
         try:
             await peer.answer(offer)

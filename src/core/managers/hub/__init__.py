@@ -11,6 +11,7 @@ Public face: :class:`CommunicationManager` and the :class:`Transport` protocol (
     transports/grpc.py    grpc.aio, one channel per service
     transports/http.py    httpx, msgpack or JSON bodies, one client per service
     breaker.py            the per-service circuit breaker
+    resilience.py         the per-service view of breakers, down marks and retries (GET /api/resilience)
     retry.py              backoff and jitter arithmetic
     metrics.py            Prometheus metrics and the counts behind snapshot()
 """

@@ -9,6 +9,10 @@ Only transient failures count (the service is unreachable, unavailable or too sl
 rejected request or a handler error proves the service is alive and counts as a success.
 While OPEN, and while a HALF_OPEN probe is in flight, calls fail at once with CircuitOpen.
 A probe that is cancelled gives its slot back, so the next call probes instead.
+
+``reset()`` is the operator's override (``sm breakers reset``): any state -> CLOSED with no
+failures counted. The last failure (its message and wall-clock time) is kept for the views
+(``GET /api/resilience``) and survives successes and resets: it is history, not state.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ class CircuitBreaker:
         failure_threshold: int,
         reset_s: float,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         on_change: Callable[[BreakerState], None] | None = None,
     ) -> None:
+        """``clock`` times the open period; ``wall`` stamps the last failure and the opening for views."""
         self.service = service
         self.failure_threshold = failure_threshold
         self.reset_s = reset_s
@@ -47,6 +53,13 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self._wall = wall
+        self.opened_at_wall: float | None = None
+        """Wall-clock time the breaker last opened (None: never opened)."""
+        self.last_failure: str = ""
+        """Message of the last failure counted against the service ("" if none yet)."""
+        self.last_failure_at: float | None = None
+        """Wall-clock time of that failure."""
 
     @property
     def state(self) -> BreakerState:
@@ -58,6 +71,12 @@ class CircuitBreaker:
     @property
     def consecutive_failures(self) -> int:
         return self._failures
+
+    def probe_in_s(self) -> float | None:
+        """Seconds until an OPEN breaker lets a probe through; None unless OPEN."""
+        if self.state is not BreakerState.OPEN:
+            return None
+        return max(self.reset_s - (self._clock() - self._opened_at), 0.0)
 
     def acquire(self) -> None:
         """Let a call through, or raise CircuitOpen. Pair with one of success/failure/release."""
@@ -85,12 +104,22 @@ class CircuitBreaker:
         if self._state is not BreakerState.CLOSED:
             self._set(BreakerState.CLOSED)
 
-    def failure(self) -> None:
+    def failure(self, reason: str = "") -> None:
+        """A call failed transiently; ``reason`` (the error's message) is kept as the last failure."""
         self._failures += 1
+        self.last_failure, self.last_failure_at = reason or "failure", self._wall()
         was_probe, self._probe_in_flight = self._probe_in_flight, False
         if was_probe or self._state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
             self._opened_at = self._clock()
+            self.opened_at_wall = self.last_failure_at
             self._set(BreakerState.OPEN)
+
+    def reset(self) -> None:
+        """Close the breaker now and forget the consecutive failures (an operator's override).
+        A probe in flight loses its slot; its verdict then counts like any closed-state call."""
+        self._failures = 0
+        self._probe_in_flight = False
+        self._set(BreakerState.CLOSED)
 
     def release(self) -> None:
         """The call ended without a verdict (cancelled): free the probe slot, change nothing else."""

@@ -21,6 +21,9 @@ expires. This keeps a black-holed gRPC port from costing ``connect_timeout_s`` o
 A refused port costs little either way (the gRPC channel reports TRANSIENT_FAILURE at once).
 A forced protocol (``protocol=``) ignores the marks and never falls back; it is still retried.
 
+Resilience controls: ``resilience()`` is the per-service view of breakers, down marks and retry
+counts behind ``GET /api/resilience``; ``reset_breaker()`` is an operator's override.
+
 The breaker counts *calls*, not attempts: a call that ends in a transient failure (after its
 retries) is one failure; a call the service answered, even with a rejection, is a success.
 
@@ -57,7 +60,8 @@ from core.errors import (
 from core.logs import CONTEXT_HEADERS, MAX_ID_CHARS, clean_id, context_metadata
 from core.managers.endpoint import Endpoint, EndpointResolver
 from core.managers.hub.breaker import BreakerState, CircuitBreaker
-from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics
+from core.managers.hub.metrics import NO_PROTOCOL, HubMetrics, ServiceStats
+from core.managers.hub.resilience import service_view
 from core.managers.hub.retry import RetryPolicy
 from core.managers.hub.rounds import CallPlan, Rounds
 from core.managers.hub.streaming import StreamOpener, relay
@@ -294,6 +298,42 @@ class CommunicationManager:
             }
         return out
 
+    def known_services(self) -> list[str]:
+        """The profile's enabled services plus every service the hub has state for, sorted."""
+        names = {c.name for c in self._ctx.settings.enabled_services()}
+        names |= set(self._breakers) | set(self.metrics.stats) | {s for s, _ in self.rounds.down_marks()}
+        return sorted(names)
+
+    def resilience(self, services: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The resilience view (``resilience.py``) of ``known_services()`` and ``services``, by name."""
+        names = sorted({*self.known_services(), *services})
+        return [self._resilience_view(name) for name in names]
+
+    def reset_breaker(self, service: str) -> dict[str, Any]:
+        """Close ``service``'s breaker, zero its failures and clear its protocols' down marks.
+
+        A known service the hub never called reads closed. Returns ``service``, the state and
+        failures before the reset, the protocols whose down mark was cleared, and the service's
+        view after it. Raises NotFound for a name the hub does not know.
+        """
+        if not self._is_known(service):
+            raise NotFound(
+                f"unknown service {service!r}: the hub has no breaker for it and it is not configured; "
+                "see `GET /api/resilience` or `sm breakers` for the services there are", service=service,
+            )
+        b = self._breakers.get(service)
+        before = b.state.value if b is not None else BreakerState.CLOSED.value
+        failures = b.consecutive_failures if b is not None else 0
+        if b is not None:
+            b.reset()
+        cleared = self.rounds.clear_down(service)
+        self._ctx.log.warning(
+            "hub: circuit breaker for %s reset by an operator (was %s after %d consecutive failure(s); "
+            "down marks cleared: %s)", service, before, failures, ", ".join(cleared) or "none",
+        )
+        return {"service": service, "previous_state": before, "previous_failures": failures,
+                "cleared_down": cleared, "now": self._resilience_view(service)}
+
     @property
     def protocols(self) -> tuple[str, ...]:
         """The fallback order in use (HubConfig.protocols that have a transport)."""
@@ -350,11 +390,31 @@ class CommunicationManager:
         does not)."""
         self.metrics.call_failed(err, service, method)
         if _is_breaker_failure(err):
-            breaker.failure()
+            breaker.failure(f"{method}: {type(err).__name__}: {err.message}")
         else:
             breaker.success()
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _is_known(self, service: str) -> bool:
+        if service in self.known_services() or service in self._ctx.settings.services:
+            return True
+        try:
+            self._resolver.endpoint(service)
+        except (NotFound, KeyError):
+            return False
+        except CallError:  # known, but not reachable now (not started yet)
+            return True
+        return True
+
+    def _resilience_view(self, service: str) -> dict[str, Any]:
+        cfg = self._ctx.settings.services.get(service)
+        protocols = (RUNPOD,) if cfg is not None and _on_runpod(cfg.remote) else self._order
+        return service_view(
+            service, breaker=self._breakers.get(service), stats=self.metrics.stats.get(service) or ServiceStats(),
+            rounds=self.rounds, protocols=protocols,
+            failure_threshold=self.config.breaker_failure_threshold, reset_s=self.config.breaker_reset_s,
+        )
 
     def _endpoint(self, service: str) -> Endpoint:
         pins = _PINNED.get()

@@ -26,6 +26,10 @@ Attempts are not calls: a gRPC attempt that fails and falls back to msgpack succ
 ``cancelled`` attempt, or in one failed call: their sum is the HighErrorRate alert's
 denominator. ``prime`` gives every configured service its series at 0 (calls by method and
 protocol, fallbacks, retries, breaker closed), so dashboards show data before the first call.
+
+Retries are rounds, not attempts over one protocol, so ``ultravox_hub_retries_total`` is per
+service. ``ServiceStats`` also counts how retried calls ended (``retries_succeeded``: a later
+round answered; ``retries_exhausted``: every round failed) for ``GET /api/resilience``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ class ServiceStats:
     )
     fallbacks: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     retries: int = 0
+    """Retry rounds started (each one after a round that failed transiently)."""
+    retries_succeeded: int = 0
+    """Calls (and stream opens) answered in a round after the first."""
+    retries_exhausted: int = 0
+    """Calls that failed transiently in every round (``max_retries`` spent)."""
     stream_messages: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_error: str = ""
 
@@ -79,6 +88,8 @@ class ServiceStats:
             "calls": {p: dict(o) for p, o in self.calls.items()},
             "fallbacks": dict(self.fallbacks),
             "retries": self.retries,
+            "retries_succeeded": self.retries_succeeded,
+            "retries_exhausted": self.retries_exhausted,
             "stream_messages": dict(self.stream_messages),
             "last_error": self.last_error,
         }
@@ -189,6 +200,14 @@ class HubMetrics:
     def retry(self, service: str) -> None:
         self._child(self._retries, service).inc()
         self.stats[service].retries += 1
+
+    def retried_call(self, service: str, *, succeeded: bool) -> None:
+        """How a call that needed retries (or ran out of them) ended."""
+        stats = self.stats[service]
+        if succeeded:
+            stats.retries_succeeded += 1
+        else:
+            stats.retries_exhausted += 1
 
     def breaker(self, service: str, state: BreakerState) -> None:
         self._child(self._breaker, service).set(BREAKER_VALUE[state])

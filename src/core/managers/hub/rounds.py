@@ -79,6 +79,21 @@ class Rounds:
         now = self._clock()
         return [p for p in order if self._down.get((service, p), 0.0) > now]
 
+    def down_for(self, service: str, protocol: str) -> float:
+        """Seconds ``protocol`` stays marked down for ``service``; 0.0 when it is not."""
+        return max(self._down.get((service, protocol), 0.0) - self._clock(), 0.0)
+
+    def down_marks(self) -> list[tuple[str, str]]:
+        """(service, protocol) of every mark still held, expired or not."""
+        return list(self._down)
+
+    def clear_down(self, service: str) -> list[str]:
+        """Drop every "transport down" mark of ``service``; returns the protocols that had one."""
+        keys = [k for k in self._down if k[0] == service]
+        for k in keys:
+            del self._down[k]
+        return sorted(p for _, p in keys)
+
     async def run(self, c: CallPlan, attempt: Attempt[T]) -> T:
         service, op, loop = c.endpoint.name, c.op, asyncio.get_running_loop()
         last: CallError | None = None
@@ -94,12 +109,18 @@ class Rounds:
                 await asyncio.sleep(delay)
                 c.endpoint = self._resolve(service)  # a restarted service may have new ports
             try:
-                return await self._round(c, attempt)
+                result = await self._round(c, attempt)
             except CallError as e:
                 if not _is_retryable(e):
                     raise
                 last = e
+                continue
+            if rnd:
+                self.metrics.retried_call(service, succeeded=True)
+            return result
         assert last is not None
+        if self._retry.max_retries:
+            self.metrics.retried_call(service, succeeded=False)
         raise ServiceUnavailable(
             f"service {service!r} could not serve {op.name} after {self._retry.max_retries + 1} "
             f"attempt(s) over {', '.join(c.order)}: {last}", service=service, method=op.name,

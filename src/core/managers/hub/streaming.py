@@ -159,11 +159,12 @@ async def relay(
                 if err is None:
                     raise
                 if isinstance(err, TransportError):
-                    breaker.failure()  # the service (or the way to it) broke under a live stream
                     err = TransportError(
                         f"{service}.{method} over {protocol} broke after {count} message(s); the stream "
                         f"is not restarted (the service already acted on it): {err.message}"
                     )
+                    # the service (or the way to it) broke under a live stream
+                    breaker.failure(f"{method}: {type(err).__name__}: {err.message}")
                 hub.fail(err, service, method, protocol, opened.t0)
                 hub.metrics.call_failed(err, service, method)
                 if err is e:
