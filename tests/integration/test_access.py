@@ -58,7 +58,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/services/{name}/logs"): ADMIN,
     ("POST", "/call"): ADMIN,
     **{(m, "/proxy/{service}/{path:path}"): ADMIN for m in ("GET", "POST", "PUT", "PATCH", "DELETE")},
-    ("GET", "/metrics"): OPERATOR,
+    ("GET", "/metrics"): PUBLIC,   # public by config (Prometheus); operator when removed from public_paths
     ("GET", "/api/monitoring/targets"): OPERATOR,
     ("GET", "/api/webrtc/stats"): OPERATOR,
     ("GET", "/api/resilience"): OPERATOR,
@@ -122,9 +122,13 @@ def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainProcess]
         yield m
 
 
+MINTED: list[str] = []
+
+
 def mint(m: MainProcess, key: str, **body: Any) -> dict[str, Any]:
     r = httpx.post(f"{m.url}/api/tokens", json=body, headers=bearer(key), timeout=30)
     assert r.status_code == 201, r.text
+    MINTED.append(r.json()["token"])
     return dict(r.json())
 
 
@@ -385,3 +389,48 @@ def test_revocation_survives_a_restart(main_proc: MainProcess) -> None:
     r = httpx.get(f"{m.url}/api/agents", headers=bearer(tok["token"]), timeout=30)
     assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
     assert httpx.get(f"{m.url}/api/agents", headers=bearer(kept["token"]), timeout=30).status_code == 200
+
+
+def test_sm_keys_and_token_against_the_real_main(main_proc: MainProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from core.cli.app import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("SM_URL", main_proc.url)
+    monkeypatch.setenv("UV_API_KEY", ADMIN_KEY)
+    made = runner.invoke(app, ["keys", "create", "night-ops", "--role", "operator", "--expires-in", "1d"])
+    assert made.exit_code == 0, made.output
+    key = re.search(r"(uvk_\S+)", made.output)
+    assert key is not None, made.output
+    listed = runner.invoke(app, ["keys", "list"])
+    assert listed.exit_code == 0 and re.search(r"night-ops\s+operator\s+api\s+expires in 2[34]h", listed.output), \
+        listed.output
+    monkeypatch.setenv("UV_API_KEY", key.group(1))   # now as the new operator key
+    assert runner.invoke(app, ["list"]).exit_code == 0
+    refused = runner.invoke(app, ["keys", "create", "escalate", "--role", "admin"])
+    assert refused.exit_code != 0 and "needs role admin" in str(refused.exception), refused.output
+    tok = runner.invoke(app, ["token", "create", "--ttl", "120"])
+    assert tok.exit_code == 0 and tok.output.count(".") >= 2, tok.output
+    monkeypatch.setenv("UV_API_KEY", ADMIN_KEY)
+    assert runner.invoke(app, ["keys", "delete", "night-ops"]).exit_code == 0
+    monkeypatch.setenv("UV_API_KEY", key.group(1))
+    gone = runner.invoke(app, ["list"])
+    assert gone.exit_code != 0 and "unknown API key" in str(gone.exception), gone.output
+
+
+def test_no_key_token_or_secret_reached_a_log(main_proc: MainProcess) -> None:
+    """Last in this module: every key, every token minted above and the signing secret are absent
+    from main's and the services' logs (the logs saw them used in headers, queries and errors)."""
+    from tests.helpers.access import JWT_SECRET
+
+    assert MINTED, "the tests above minted no token"
+    secrets = {"admin key": ADMIN_KEY, "token secret": JWT_SECRET,
+               **{f"key {n}": k for n, (_, k) in KEYS.items()},
+               **{f"token {i}": t.rsplit(".", 1)[1] for i, t in enumerate(MINTED)}}
+    files = [*sorted((main_proc.var_dir / "log").glob("*.log*")), main_proc.stdout_path]
+    assert len(files) >= 4, files
+    for f in files:
+        text = f.read_text(errors="replace")
+        for what, secret in secrets.items():
+            assert secret not in text, f"{what} is in {f.name}"

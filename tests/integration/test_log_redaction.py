@@ -1,4 +1,5 @@
-"""No log file of a real stack holds the API key, the internal token, raw audio or conversation text;
+"""No log file of a real stack holds an API key, a client token, the token secret, the internal token,
+raw audio or conversation text;
 ``--log-format text`` reaches main's file and every service.
 
 A real main.py (API key set) with the real STT, LLM and TTS services serves: a /ws/voice turn
@@ -6,7 +7,8 @@ spoken as 20 ms PCM frames (key in the Authorization header), a second socket th
 key as ``?api_key=`` (uvicorn logs the path of every accepted WebSocket, query included), a
 REST turn sent with a nasty ``X-Request-Id`` (a tab and a non-ASCII byte: it must be replaced,
 not passed to the hub, where gRPC and httpx would refuse it), a refused wrong key (header and
-``?api_key=``), and a proxied service request (main adds the internal token).
+``?api_key=``), a proxied service request (main adds the internal token), keys from the keys
+file, a client token (used as ``?token=``, then revoked) and a key made through the API.
 Then every log under var/log, and main's own stderr, is searched for the secrets, for bytes
 written as ``\\x..`` escapes or long base64 runs, and for the user's transcript and the
 assistant's reply (they belong in the conversation store, not in logs: docs/observability.md).
@@ -26,10 +28,11 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
+from tests.helpers.access import JWT_SECRET, KEYS, bearer, write_keys_file
 from tests.helpers.speech import convert, speech_bytes
-from tests.helpers.stack import ROOT, MainProcess, running_main, stack_env
+from tests.helpers.stack import ROOT, MainProcess, make_config_dir, running_main, stack_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -47,7 +50,9 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{160,}={0,2}")
 @pytest.fixture(scope="module")
 def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainProcess]:
     var = tmp_path_factory.mktemp("redaction")
-    with running_main(var, stack_env(var, UV_API_KEY=API_KEY), "log_redaction") as m:
+    config = make_config_dir(var.parent / "redaction-config")
+    write_keys_file(config)   # client and operator keys, by hash, from the keys file
+    with running_main(var, stack_env(var, config, UV_API_KEY=API_KEY, UV_JWT_SECRET=JWT_SECRET), "log_redaction") as m:
         yield m
 
 
@@ -89,12 +94,21 @@ async def query_key_socket(m: MainProcess) -> None:
 
 
 async def wrong_key_socket(m: MainProcess) -> None:
-    """A socket with a wrong ``?api_key=``: refused; uvicorn still logs its path, the guard masks the key."""
+    """A socket with a wrong ``?api_key=``: accepted, then closed with 1008; uvicorn still logs its path,
+    and the log filter masks the key."""
     url = m.url.replace("http", "ws") + f"/ws/voice?api_key={WRONG_KEY}"
-    with pytest.raises(InvalidStatus) as refused:  # closed before accept: uvicorn answers the handshake 403
-        async with connect(url, max_size=None):
-            pass
-    assert refused.value.response.status_code == 403
+    async with connect(url, max_size=None) as ws:
+        with pytest.raises(ConnectionClosed) as refused:
+            await ws.recv()
+    assert refused.value.rcvd is not None and refused.value.rcvd.code == 1008
+
+
+async def token_socket(m: MainProcess, token: str) -> None:
+    """A browser's way in: a client token as ``?token=`` (uvicorn logs the path with it)."""
+    url = m.url.replace("http", "ws") + f"/ws/voice?token={token}"
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "config"}))
+        assert json.loads(await ws.recv())["type"] == "ready"
 
 
 def internal_token(m: MainProcess) -> str:
@@ -131,17 +145,33 @@ def test_logs_hold_no_secret_audio_or_conversation_text(main_proc: MainProcess) 
     assert wrong.status_code == 401
     proxied = httpx.get(f"{m.url}/proxy/stt/readyz", headers=AUTH, timeout=30)
     assert proxied.status_code == 200, proxied.text
+    # keys from the keys file, a client token (minted, used, revoked), an API-made key
+    minted = httpx.post(f"{m.url}/api/tokens", json={}, headers=bearer(KEYS["alice"][1]), timeout=30).json()
+    asyncio.run(token_socket(m, minted["token"]))
+    assert httpx.get(f"{m.url}/services", headers=bearer(KEYS["ops"][1]), timeout=30).status_code == 200
+    made = httpx.post(f"{m.url}/api/keys", json={"name": "made", "role": "client"}, headers=AUTH, timeout=30).json()
+    assert httpx.get(f"{m.url}/api/agents", headers=bearer(made["key"]), timeout=30).status_code == 200
+    assert httpx.delete(f"{m.url}/api/tokens/{minted['jti']}", headers=bearer(KEYS["alice"][1]),
+                        timeout=30).status_code == 200
+    refused = httpx.get(f"{m.url}/api/agents", headers=bearer(minted["token"]), timeout=30)
+    assert refused.status_code == 401 and "revoked" in refused.text
     m.stop()  # flush every log: main's, and the services' on their way down
 
     logs = log_text(m)
     assert {"main.log", "stt.log", "tts.log", "llm.log", "main.stdout.log"} <= set(logs), sorted(logs)
     everything = "\n".join(logs.values())
     assert 'WebSocket /ws/voice?api_key=***' in everything  # the guard met a real leak path: uvicorn's line
+    assert 'WebSocket /ws/voice?token=***' in everything
     assert "turn latency" in logs["main.log"]
     forbidden = {
         "the API key": API_KEY,
         "a wrong API key": WRONG_KEY,
         "the internal token": token,
+        "the token signing secret": JWT_SECRET,
+        "a client token": minted["token"],
+        "a client token's signature": minted["token"].rsplit(".", 1)[1],
+        "an API-made key": made["key"],
+        **{f"the keys file's key {n}": k for n, (_, k) in KEYS.items()},
         "the user's transcript": spoken["user_text"],
         "the typed message": TYPED,
         "the spoken reply": spoken["assistant_text"],

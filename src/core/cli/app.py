@@ -1,5 +1,5 @@
 """``sm`` commands: list, describe, health, start, stop, restart, logs, call, profile list|show|activate,
-breakers [reset SERVICE].
+breakers [reset SERVICE], keys list|create|delete|hash, token create|revoke.
 
 Finds main through ``--url`` or ``SM_URL`` (default http://127.0.0.1:8080). ``--json`` prints
 machine-readable output for scripts.
@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from core.access.keys import digest, new_key
 from core.cli.client import ApiError, ControlClient, MainUnreachable
 
 app = typer.Typer(help="Manage the Ultravox Pipeline services through main's control API.", no_args_is_help=True)
@@ -331,6 +332,110 @@ def breakers_reset(ctx: typer.Context, service: str) -> None:
     cleared = ", ".join(r["cleared_down"]) or "none"
     typer.echo(f"{r['service']}: breaker {r['now']['breaker']['state']} (was {r['previous_state']} after "
                f"{r['previous_failures']} consecutive failure(s); down marks cleared: {cleared})")
+
+
+keys_app = typer.Typer(help="API keys with roles (admin key needed, in UV_API_KEY); `sm keys hash` works offline.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+token_app = typer.Typer(help="Short-lived client tokens for browsers (any key, in UV_API_KEY).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+_SPANS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _span_s(text: str) -> float:
+    """``90m``, ``12h``, ``30d`` (or plain seconds) as seconds."""
+    unit = text[-1:].lower()
+    try:
+        return float(text[:-1]) * _SPANS[unit] if unit in _SPANS else float(text)
+    except ValueError as e:
+        raise typer.BadParameter(f"{text!r}: give a number with m, h or d (90m, 12h, 30d)") from e
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """Every key main accepts (from the env, the keys file and the API), by name; never the key."""
+    st: _State = ctx.obj
+    r = _client(st).get("/api/keys")
+    if st.as_json:
+        _print_json(r)
+        return
+    now = time.time()
+    for k in r["keys"]:
+        exp = "never" if k["expires_at"] is None else (
+            "EXPIRED" if k["expires_at"] <= now else f"in {_dur(k['expires_at'] - now)}")
+        lim = k["rate_limits"] or {}
+        limits = f"{lim['per_minute']}/min {lim['per_hour']}/h" if lim else "default limits"
+        typer.echo(f"{k['name']:<20}{k['role']:<10}{k['source']:<6}expires {exp:<12}{limits}")
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context, name: str,
+    role: str = typer.Option("client", "--role", help="client, operator or admin."),
+    expires_in: str = typer.Option("", "--expires-in", help="e.g. 30d, 12h; never when absent."),
+    per_minute: int = typer.Option(0, "--per-minute", help="This key's own limit (with --per-hour)."),
+    per_hour: int = typer.Option(0, "--per-hour"),
+) -> None:
+    """Make a key in main's store; it is printed once and never again."""
+    st: _State = ctx.obj
+    body: dict[str, Any] = {"name": name, "role": role}
+    if expires_in:
+        body["expires_at"] = time.time() + _span_s(expires_in)
+    if per_minute or per_hour:
+        body["rate_limits"] = {"per_minute": per_minute, "per_hour": per_hour}
+    r = _client(st).post("/api/keys", json=body)
+    if st.as_json:
+        _print_json(r)
+        return
+    typer.echo(f"key {r['name']} ({r['role']}): {r['key']}")
+    typer.echo("store it now: main keeps only its hash and cannot show it again")
+
+
+@keys_app.command("delete")
+def keys_delete(ctx: typer.Context, name: str) -> None:
+    """Delete a key made through the API (file and env keys change only in their file or env)."""
+    st: _State = ctx.obj
+    r = _client(st).request("DELETE", f"/api/keys/{name}")
+    typer.echo(json.dumps(r) if st.as_json else f"key {name} deleted")
+
+
+@keys_app.command("hash")
+def keys_hash(
+    name: str = typer.Argument(..., help="The key's name, shown in logs and metrics."),
+    role: str = typer.Option("client", "--role", help="client, operator or admin."),
+) -> None:
+    """Print a new key and its entry for the keys file (config/api_keys.yaml); no main needed."""
+    if role not in ("client", "operator", "admin"):
+        raise typer.BadParameter(f"role {role!r}: use client, operator or admin")
+    key = new_key()
+    typer.echo(f"# the key (give it to its user; it is not stored anywhere): {key}")
+    typer.echo(f"- {{name: {name}, role: {role}, sha256: {digest(key)}}}")
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    session: str = typer.Option(None, "--session", help="Scope the token to this session id."),
+    agent: str = typer.Option(None, "--agent", help="Scope the token to this agent."),
+    ttl: int = typer.Option(None, "--ttl", help="Lifetime in seconds (default 600, at most 3600)."),
+) -> None:
+    """Mint a client token for a browser (use it as ?token= on /ws/voice, or as a Bearer token)."""
+    st: _State = ctx.obj
+    body = {k: v for k, v in {"session_id": session, "agent": agent, "ttl_s": ttl}.items() if v is not None}
+    r = _client(st).post("/api/tokens", json=body)
+    if st.as_json:
+        _print_json(r)
+        return
+    typer.echo(r["token"])
+    typer.echo(f"# jti {r['jti']}, expires in {r['expires_in']} s; revoke: sm token revoke {r['jti']}", err=True)
+
+
+@token_app.command("revoke")
+def token_revoke(ctx: typer.Context, jti: str) -> None:
+    """Revoke a token by its jti (the key that minted it, or an admin); survives restarts."""
+    st: _State = ctx.obj
+    r = _client(st).request("DELETE", f"/api/tokens/{jti}")
+    typer.echo(json.dumps(r) if st.as_json else f"token {jti} revoked")
 
 
 def main() -> None:

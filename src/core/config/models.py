@@ -207,8 +207,9 @@ class AuthConfig(_Strict):
     token_ttl_s: int = Field(600, ge=10, le=3600, description="Lifetime of a client token that asks for none.")
     token_max_ttl_s: int = Field(3600, ge=10, le=3600, description="Longest lifetime a client token may ask for.")
     public_paths: list[str] = Field(
-        default_factory=lambda: ["/health", "/", "/favicon.ico", "/static/*"],
-        description="Paths open without a key or token ('/x/*' covers everything under /x/).",
+        default_factory=lambda: ["/health", "/metrics", "/", "/favicon.ico", "/static/*"],
+        description="Paths open without a key or token ('/x/*' covers everything under /x/). /metrics is "
+                    "here so Prometheus scrapes main like its services; drop it to need an operator key.",
     )
     rate_limits: RateLimits = Field(
         default_factory=RateLimits,  # type: ignore[arg-type]
