@@ -145,8 +145,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     if tool("prometheus") is None:
         pytest.skip(f"prometheus is missing: {APT_HINT}")
     tmp = tmp_path_factory.mktemp("prometheus-scrape")
-    cfg = make_config_dir(tmp / "config", lambda d: d.setdefault("conversation", {}).update(
-        rate_limit_per_minute=1000))
+    cfg = make_config_dir(tmp / "config", lambda d: d["gateway"]["auth"].update(
+        rate_limits={"per_minute": 1000, "per_hour": 0}))
     with running_main(tmp / "var", stack_env(tmp / "var", cfg), "prometheus_scrape") as main:
         config = render_config(main.url, scrape_interval="1s", alertmanager=f"127.0.0.1:{free_port()}")
         with running_prometheus(tmp / "prometheus", config) as prom:

@@ -32,16 +32,19 @@ QUESTION = "What is the capital of France?"
 TIMEOUT = httpx.Timeout(180.0, connect=10.0)
 
 
-def conversation_config(**conversation: Any) -> Callable[[dict[str, Any]], None]:
+def conversation_config(per_minute: int | None = None, **conversation: Any) -> Callable[[dict[str, Any]], None]:
+    """Edit services.yaml's conversation section (and the rate limit per key and address)."""
     def edit(doc: dict[str, Any]) -> None:
         doc.setdefault("conversation", {}).update(conversation)
+        if per_minute is not None:
+            doc["gateway"]["auth"]["rate_limits"] = {"per_minute": per_minute, "per_hour": 0}
     return edit
 
 
 @pytest.fixture(scope="module")
 def main_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainProcess]:
     tmp = tmp_path_factory.mktemp("rest")
-    cfg = make_config_dir(tmp / "config", conversation_config(rate_limit_per_minute=1000, max_audio_bytes=2_000_000))
+    cfg = make_config_dir(tmp / "config", conversation_config(per_minute=1000, max_audio_bytes=2_000_000))
     with running_main(tmp / "var", stack_env(tmp / "var", cfg), "rest_conversation") as m:
         yield m
 
@@ -189,7 +192,7 @@ def test_history_survives_a_restart_and_the_conversation_continues(tmp_path: Pat
 
 def test_a_full_house_is_a_quick_503_and_a_fast_client_gets_429(tmp_path: Path) -> None:
     cfg = make_config_dir(tmp_path / "config", conversation_config(
-        max_concurrent_turns=1, admission_wait_s=0.5, rate_limit_per_minute=20))
+        max_concurrent_turns=1, admission_wait_s=0.5, per_minute=20))
     with running_main(tmp_path / "var", stack_env(tmp_path / "var", cfg), "admission") as m, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         long_turn = pool.submit(post, m, CONV, json={
