@@ -44,6 +44,9 @@ from typing import Any, Literal, TextIO
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 session_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("session_id", default="")
 turn_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("turn_id", default="")
+caller_var: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+"""Who made the request: an API key's name or ``token:<minting key>`` (set by the access guard; never
+the key itself)."""
 
 LogFormat = Literal["json", "text"]
 LOG_FORMAT_ENV = "UV_LOG_FORMAT"
@@ -53,7 +56,8 @@ MASK = "***"
 CONTEXT_HEADERS = {"x-request-id": request_id_var, "x-session-id": session_id_var, "x-turn-id": turn_id_var}
 """Call metadata (gRPC) and HTTP headers that carry the logging context from main to services."""
 
-_CTX_VARS = {"request_id": request_id_var, "session_id": session_id_var, "turn_id": turn_id_var}
+_CTX_VARS = {"request_id": request_id_var, "session_id": session_id_var, "turn_id": turn_id_var,
+             "caller": caller_var}
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message", "asctime", "service", "color_message", "taskName",
 }

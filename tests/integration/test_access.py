@@ -329,6 +329,9 @@ def test_rate_limits_per_key_say_when_to_retry(main_proc: MainProcess) -> None:
     assert httpx.get(f"{m.url}/api/agents", headers=bearer(KEYS["bob"][1]), timeout=30).status_code == 200
     metrics = httpx.get(f"{m.url}/metrics", headers=bearer(KEYS["ops"][1]), timeout=30).text
     assert re.search(r'ultravox_rate_limited_total\{key="limited",window="minute"\} [1-9]', metrics), "no metric"
+    assert re.search(r'ultravox_access_total\{key="limited",outcome="rate_limited"\} [1-9]', metrics)
+    assert re.search(r'ultravox_access_total\{key="limited",outcome="allowed"\} [5-9]', metrics)
+    assert re.search(r'ultravox_access_total\{key="-",outcome="unauthenticated"\} [1-9]', metrics)
 
 
 def test_cors_allows_only_the_listed_origin(main_proc: MainProcess) -> None:

@@ -15,9 +15,11 @@ Public face: :class:`Access` (built by main's lifespan once the store is open, k
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import Counter
 
 from core.access.guard import AccessGuard, check_json_text
 from core.access.keys import ApiKey, KeyRing, load_key_file
@@ -36,6 +38,11 @@ class Access:
     keys: KeyRing
     tokens: TokenIssuer
     limiter: RateLimiter
+    requests: Counter = field(repr=False)
+    """ultravox_access_total{key, outcome}: every guarded request by caller and outcome."""
+
+    def count(self, key: str, outcome: str) -> None:
+        self.requests.labels(key, outcome).inc()
 
     @property
     def enabled(self) -> bool:
@@ -77,7 +84,13 @@ def build_access(config: GatewayConfig, *, config_dir: Path, data_dir: Path, reg
     secret = load_secret(os.environ.get(auth.jwt_secret_env, ""), secret_file)
     issuer = TokenIssuer(secret, None, default_ttl_s=auth.token_ttl_s, max_ttl_s=auth.token_max_ttl_s)
     limiter = RateLimiter(auth.rate_limits, allowlist=auth.allowlist, registry=registry)
-    return Access(config, ring, issuer, limiter)
+    requests = Counter(
+        "ultravox_access_total",
+        "Requests to guarded routes by caller (an API key's name, token:<minting key>, '-' for none or when "
+        "auth is off) and outcome (allowed, unauthenticated, forbidden, rate_limited).",
+        ["key", "outcome"], registry=registry,
+    )
+    return Access(config, ring, issuer, limiter, requests)
 
 
 def principal_of(request: Any) -> Principal:

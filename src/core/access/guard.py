@@ -27,8 +27,11 @@ from core.access.policy import Rule, app_routes, is_public, resolve
 from core.access.principal import OPEN, Principal
 from core.error_metrics import error_metrics
 from core.errors import CallError, InvalidArgument, PermissionDenied, Unauthenticated, retry_after_header
+from core.logs import caller_var
 
 log = logging.getLogger("ultravox.access")
+_OUTCOMES = {"UNAUTHENTICATED": "unauthenticated", "PERMISSION_DENIED": "forbidden",
+             "RESOURCE_EXHAUSTED": "rate_limited"}
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -98,6 +101,7 @@ class AccessGuard:
             await self.app(scope, receive, send)
             return
         rule, params = self._rule(scope)
+        principal: Principal | None = None
         try:
             principal = self._authenticate(scope, access, rule, params)
             if scope["type"] == "websocket":
@@ -107,13 +111,20 @@ class AccessGuard:
                 key = principal.name if principal.via != "open" else None
                 access.limiter.check(str(client[0]), key, access.key_limits(principal))
         except CallError as e:
+            access.count(principal.label if principal is not None and principal.via != "open" else "-",
+                         _OUTCOMES.get(e.code, "refused"))
             await self._refuse(scope, receive, send, e)
             return
         scope.setdefault("state", {})["principal"] = principal
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH") and self._is_json(scope):
-            await self._json_body(scope, receive, send, access)
-            return
-        await self.app(scope, receive, send)
+        access.count(principal.label if principal.via != "open" else "-", "allowed")
+        who = caller_var.set(principal.label if principal.via != "open" else "")
+        try:
+            if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH") and self._is_json(scope):
+                await self._json_body(scope, receive, send, access)
+                return
+            await self.app(scope, receive, send)
+        finally:
+            caller_var.reset(who)
 
     # ---- steps --------------------------------------------------------------------------------
     def _rule(self, scope: Scope) -> tuple[Rule, dict[str, Any]]:
