@@ -47,6 +47,13 @@ class SttOptions(BaseModel):
         30.0, ge=2, le=600,
         description="A longer utterance is cut and finalised (Whisper decodes 30 s windows).",
     )
+    cluster_address: str = Field(
+        "", description="engine ray-serve: Ray Serve's gRPC proxy (host:port) that runs the decodes."
+    )
+    cluster_application: str = Field("stt", description="engine ray-serve: the Serve application of the STT.")
+    cluster_wait_s: float = Field(
+        600.0, gt=0, description="engine ray-serve: how long loading waits for the application to answer."
+    )
 
     @classmethod
     def from_config(cls, cfg: ServiceConfig) -> SttOptions:

@@ -25,6 +25,7 @@ from services.stt.metrics import SttMetrics
 from services.stt.model_store import resolve_model
 from services.stt.openai_routes import openai_routes
 from services.stt.options import SttOptions
+from services.stt.ray_engine import RayServeEngine
 from services.stt.smart_turn import TurnModel, TurnModelMissing
 from services.stt.stream_config import read_config, stream_settings
 from services.stt.streaming import StreamSession
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
         TranscribeResponse,
     )
 
-ENGINES: Mapping[str, EngineFactory] = {"faster-whisper": FasterWhisperEngine}
+ENGINES: Mapping[str, EngineFactory] = {"faster-whisper": FasterWhisperEngine, "ray-serve": RayServeEngine}
 ENCODINGS: Mapping[str, Encoding] = {
     "AUDIO_ENCODING_UNSPECIFIED": "auto", "PCM_S16LE": "pcm_s16le", "WAV": "wav",
 }
@@ -76,6 +77,8 @@ class SttService:
                 f"unknown STT engine {self.cfg.engine!r}; available: {', '.join(ENGINES)}",
             )
         self.engine: SttEngine = factory(o, self.cfg.device, str(ctx.paths.models / "hub"))
+        if isinstance(self.engine, RayServeEngine):
+            self.engine.token = ctx.token   # the cluster's deployments check the run's token
         self.vad: VadModel | None = None
         self.turn_model: TurnModel | None = None
         self.turn_model_path = ""

@@ -32,8 +32,8 @@ async def get(config_dir: Path, path: str) -> httpx.Response:
 
 async def test_list_marks_the_active_profile() -> None:
     rows = (await get(ROOT / "config", "/api/profiles")).json()
-    assert [r["name"] for r in rows] == ["local-pc", "local-fast", "gpu-machine", "runpod"]
-    assert [r["active"] for r in rows] == [True, False, False, False]
+    assert [r["name"] for r in rows] == ["local-pc", "local-fast", "gpu-machine", "runpod", "cluster"]
+    assert [r["active"] for r in rows] == [True, False, False, False, False]
     assert rows[2]["device"] == "cuda" and "stt" in rows[2]["services"]
 
 

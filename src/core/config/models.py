@@ -46,7 +46,9 @@ class LogPolicy(_Strict):
 class RemoteEndpoint(_Strict):
     """Where a service runs when it is not spawned locally (another host, RunPod, an API)."""
 
-    kind: Literal["grpc", "http", "runpod", "openai"] = Field(description="How the hub reaches it.")
+    kind: Literal["grpc", "http", "runpod", "openai", "ray"] = Field(
+        description="How the hub reaches it; ray: a Ray Serve application behind Serve's gRPC and HTTP proxies."
+    )
     base_url: str = Field(
         "https://api.runpod.ai/v2",
         validation_alias=AliasChoices("base_url", "url"),
@@ -77,13 +79,21 @@ class RemoteEndpoint(_Strict):
     health_period_s: float = Field(
         10.0, gt=0, description="kind=runpod: seconds between /health probes of the endpoint."
     )
+    application: str = Field(
+        "", description="kind=ray: the Serve application (sent as gRPC metadata 'application', and the HTTP "
+                        "route prefix); the service's name when empty."
+    )
+    grpc_port: int = Field(9100, ge=1, le=65535, description="kind=ray: Serve's gRPC proxy port (base_url's host).")
+    http_port: int = Field(8100, ge=1, le=65535, description="kind=ray: Serve's HTTP proxy port (base_url's host).")
 
 
 class ServiceConfig(_Strict):
     """One model service as declared in services.yaml, after profile and env overrides."""
 
     name: str = Field(description="Service name, the key in services.yaml.")
-    role: Literal["stt", "tts", "llm"] = Field(description="Which protocol it serves (protos/uvpb/<role>.proto).")
+    role: Literal["stt", "tts", "llm", "cluster"] = Field(
+        description="Which protocol it serves (protos/uvpb/<role>.proto); cluster: the Ray Serve agent."
+    )
     extra: str = Field(description="pyproject extra installed into the service's own venv.")
     module: str = Field(description="Python module run with -m inside that venv.")
     enabled: bool = Field(True, description="Spawn it in this profile.")

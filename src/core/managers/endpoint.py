@@ -22,6 +22,11 @@ class Endpoint:
     """Set for a service reached through a remote API (RunPod): the hub then uses that API's transport."""
     api_key: str = field(default="", repr=False)
     """The remote API's key, read from ``remote.api_key_env`` (never logged, never in config)."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Sent with every call on every transport (gRPC metadata, HTTP headers): Ray Serve's
+    ``application`` routes a call to its application on the shared proxy."""
+    http_prefix: str = ""
+    """Put before every HTTP path: a Ray Serve application's route prefix on the shared HTTP proxy."""
 
     @property
     def grpc_target(self) -> str:
@@ -29,7 +34,7 @@ class Endpoint:
 
     @property
     def http_base(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}{self.http_prefix}"
 
 
 class EndpointResolver(Protocol):

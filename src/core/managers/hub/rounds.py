@@ -132,7 +132,7 @@ class Rounds:
         service = c.endpoint.name
         skip = () if c.forced else self._down_now(service, c.order)
         live = [p for p in c.order if p not in skip]
-        metadata: Metadata = (("x-internal-token", c.endpoint.token), *c.caller)
+        metadata: Metadata = (("x-internal-token", c.endpoint.token), *c.endpoint.metadata, *c.caller)
         failed: list[TransportError] = []
         passed: list[str] = []  # failed or skipped since the last attempt, for the fallback metric
         for name in c.order:

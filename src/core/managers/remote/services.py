@@ -1,6 +1,6 @@
-"""RemoteServices: RunPod endpoints as first-class services of main.
+"""RemoteServices: RunPod endpoints and Ray Serve applications as first-class services of main.
 
-Each enabled service whose ``remote.kind`` is ``runpod`` gets an :class:`Endpoint` for the hub
+Each enabled service whose ``remote.kind`` is ``runpod`` or ``ray`` gets an :class:`Endpoint` for the hub
 (with the API key read once from ``remote.api_key_env``) and a state, kept current by a probe
 every ``remote.health_period_s``:
 
@@ -13,6 +13,11 @@ every ``remote.health_period_s``:
 
 The runpod SDK's local test server has no ``/health``; with ``local_api`` the probe runs the
 worker's ``Info`` operation through ``/runsync`` instead (a worker that answers is READY).
+
+A Ray Serve application (``kind: ray``) is reached on Serve's shared proxies: gRPC with the
+``application`` metadata, HTTP under ``/<application>``. Its probe reads the HTTP proxy's
+``/-/routes``: READY when the application's route is there, COLD while it is being deployed
+(the proxy answers, the route is not there yet), DOWN when the proxy does not answer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
 
 from core.config import ServiceConfig
 from core.context import ProcessContext
@@ -99,13 +107,20 @@ class RemoteServices:
         self._ctx = ctx
         self._transport = transport or RunpodTransport()
         self._configs: dict[str, ServiceConfig] = {
-            c.name: c for c in ctx.settings.enabled_services() if c.remote is not None and c.remote.kind == "runpod"
+            c.name: c for c in ctx.settings.enabled_services()
+            if c.remote is not None and c.remote.kind in ("runpod", "ray")
         }
+        self._http: httpx.AsyncClient | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._status: dict[str, RemoteStatus] = {}
         self._key_problem: dict[str, str] = {}
         for name, cfg in self._configs.items():
             assert cfg.remote is not None
+            if cfg.remote.kind == "ray":
+                ep = ray_endpoint(cfg, ctx.global_.internal_token)
+                self._endpoints[name] = ep
+                self._status[name] = RemoteStatus(name, cfg.role, RemoteState.UNKNOWN, "ray", ray_label(ep))
+                continue
             key = env.get(cfg.remote.api_key_env, "") if cfg.remote.api_key_env else ""
             register_secret(key)
             if cfg.remote.api_key_env and not key and not cfg.remote.local_api:
@@ -148,6 +163,8 @@ class RemoteServices:
         error = self._key_problem.get(name, "")
         if error:
             state = RemoteState.DOWN
+        elif ep.remote.kind == "ray":
+            state, error = await self._ray_state(ep)
         else:
             try:
                 if ep.remote.local_api:
@@ -167,6 +184,20 @@ class RemoteServices:
 
     async def probe_all(self) -> list[RemoteStatus]:
         return list(await asyncio.gather(*(self.probe(n) for n in self._endpoints)))
+
+    async def _ray_state(self, ep: Endpoint) -> tuple[RemoteState, str]:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=PROBE_TIMEOUT_S)
+        url = f"http://{ep.host}:{ep.http_port}/-/routes"
+        try:
+            r = await self._http.get(url)
+            routes = r.json() if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError) as e:
+            return RemoteState.DOWN, (f"Ray Serve's HTTP proxy at {url} does not answer ({type(e).__name__}); "
+                                      "is the cluster service up (./sm list)?")
+        if ep.http_prefix in routes:
+            return RemoteState.READY, ""
+        return RemoteState.COLD, f"application {ep.http_prefix[1:]!r} is not deployed on Ray Serve yet"
 
     async def _info(self, ep: Endpoint) -> None:
         op = operation(ep.role, "Info")
@@ -197,3 +228,23 @@ class RemoteServices:
                 await self._task
             self._task = None
         await self._transport.close()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+def ray_endpoint(cfg: ServiceConfig, token: str) -> Endpoint:
+    """The hub's endpoint of a Ray Serve application: the proxies' host and ports, the application
+    as gRPC metadata and as the HTTP route prefix."""
+    assert cfg.remote is not None
+    app = cfg.remote.application or cfg.name
+    host = urlsplit(cfg.remote.base_url).hostname or "127.0.0.1"
+    return Endpoint(
+        name=cfg.name, role=cfg.role, host=host, grpc_port=cfg.remote.grpc_port, http_port=cfg.remote.http_port,
+        token=token, remote=cfg.remote, metadata=(("application", app),), http_prefix=f"/{app}",
+    )
+
+
+def ray_label(ep: Endpoint) -> str:
+    return f"ray serve {ep.host}:{ep.grpc_port} (grpc), {ep.http_base} (http)"
+
