@@ -180,14 +180,16 @@ class MonitoringConfig(_Strict):
 
 
 Role = Literal["client", "operator", "admin"]
+EPOCH_2100 = 4_102_444_800
+"""The latest expiry a key may have (Unix time of 2100-01-01): anything later is a typo, not a date."""
 KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class RateLimits(_Strict):
     """Requests allowed per window (0: no limit in that window); one budget per key and per address."""
 
-    per_minute: int = Field(120, ge=0, description="Requests per rolling minute.")
-    per_hour: int = Field(5000, ge=0, description="Requests per rolling hour.")
+    per_minute: int = Field(120, ge=0, le=10**9, description="Requests per rolling minute.")
+    per_hour: int = Field(5000, ge=0, le=10**9, description="Requests per rolling hour.")
 
 
 class KeyEntry(_Strict):
@@ -197,7 +199,7 @@ class KeyEntry(_Strict):
     role: Role = Field(description="admin: everything; operator: read control API and metrics, restart "
                                    "services; client: conversations only.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
-    expires_at: float | None = Field(None, description="Unix time after which the key is refused.")
+    expires_at: float | None = Field(None, ge=0, le=EPOCH_2100, description="Unix time after which the key is refused.")
     rate_limits: RateLimits | None = Field(None, description="This key's limits; the gateway's when absent.")
 
 

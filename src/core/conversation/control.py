@@ -79,6 +79,8 @@ def parse_control(raw: str, *, max_text_chars: int) -> Control:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or kind}: {err['msg']}" for err in e.errors())
         raise InvalidArgument(f"invalid {kind!r} message: {problems}") from e
+    if isinstance(msg, TextMessage) and not msg.text.strip():
+        raise InvalidArgument('text is empty; send the user\'s words, as in {"type": "text", "text": "hello"}')
     if isinstance(msg, TextMessage) and len(msg.text) > max_text_chars:
         raise InvalidArgument(
             f"text of {len(msg.text)} characters is over the {max_text_chars}-character limit; send a shorter message"

@@ -14,19 +14,23 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.access import Access, AccessGuard, build_access, missing_rules
 from core.access.keys import load_key_file
-from core.access.policy import app_routes
+from core.access.policy import app_routes, is_public
 from core.context import GlobalContext, ProcessContext
 from core.conversation.orchestrator import Orchestrator
 from core.conversation.types import AgentConfig
 from core.errors import (
+    HTTP_TO_CODE,
     CallError,
     ConfigError,
     PortInUse,
@@ -38,6 +42,7 @@ from core.errors import (
 from core.gateway.metrics import count_error
 from core.gateway.routes import (
     access,
+    cluster,
     control,
     conversation,
     demo,
@@ -53,6 +58,7 @@ from core.gateway.routes import (
     webrtc,
 )
 from core.gateway.runtime import MainRuntime
+from core.gateway.schemas import ERROR_MEANING, ErrorDetail
 from core.logs import RequestContext, register_secret
 from core.managers.hub import CommunicationManager
 from core.managers.profiles import ProfileSwitcher
@@ -174,6 +180,22 @@ def install_error_handlers(app: FastAPI) -> None:
         count_error(request, code)
         return JSONResponse({"error": {"code": code, "message": str(exc)}}, status_code=status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body it cannot parse, an unknown path or method) in main's shape."""
+        code = HTTP_TO_CODE.get(exc.status_code, "INVALID_ARGUMENT" if exc.status_code < 500 else "INTERNAL")
+        count_error(request, code)
+        detail = str(exc.detail)
+        hints = {
+            400: f"{detail}: the body is not valid JSON, UTF-8 or multipart; send what GET /openapi.json "
+                 "documents for this route",
+            404: f"no route {request.url.path[:200]!r}; GET /openapi.json lists them",
+            405: f"{request.method} is not allowed on {request.url.path[:200]!r}; GET /openapi.json lists the "
+                 "methods",
+        }
+        return JSONResponse({"error": {"code": code, "message": hints.get(exc.status_code, detail)}},
+                            status_code=exc.status_code, headers=dict(exc.headers or {}))
+
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         count_error(request, "INVALID_ARGUMENT")
@@ -242,7 +264,9 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
     app.include_router(profiles.router)
     app.include_router(resilience.router)
     app.include_router(access.router)
+    app.include_router(cluster.router)
     app.include_router(demo.router)  # last: it serves "/" and the page's static files
+    document_errors(app)
     if missing := missing_rules(route_table(app)):
         raise ConfigError("src/core/access/policy.py", "RULES",
                           f"routes without an access rule: {', '.join(missing)}; add one for each")
@@ -252,3 +276,35 @@ def create_app(g: GlobalContext, *, supervisor: ServiceSupervisor | None = None)
 def route_table(app: FastAPI) -> list[tuple[str, str]]:
     """Every (method, path) the app serves; WebSockets as ``WS``. HEAD rides on GET."""
     return [(m, p) for m, p, _ in app_routes(app.router.routes)]
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what main answers: its validation errors are 400 with
+    ``{"error": {code, message}}`` (not FastAPI's 422), and every guarded route may answer 401
+    and 403 the same way (the AccessGuard)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        comps.setdefault("ErrorDetail", ErrorDetail.model_json_schema())
+        comps["ErrorBody"] = {"title": "ErrorBody", "type": "object", "required": ["error"],
+                              "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}}}
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        public = app.state.access.config.auth.public_paths
+        for path, ops in schema.get("paths", {}).items():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", {"description": "Bad input: the message says what was wrong.",
+                                                 "content": error})
+                if not is_public(path, public):
+                    responses.setdefault("401", {"description": ERROR_MEANING[401], "content": error})
+                    responses.setdefault("403", {"description": ERROR_MEANING[403], "content": error})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            comps.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.access import principal_of
-from core.config.models import KEY_NAME_PATTERN, RateLimits, Role
+from core.config.models import EPOCH_2100, KEY_NAME_PATTERN, RateLimits, Role
 from core.errors import NotFound
 from core.gateway.runtime import runtime_of
 from core.sessions import check_session_id
@@ -57,7 +57,7 @@ class Revoked(BaseModel):
 class KeyRequest(_Body):
     name: str = Field(pattern=KEY_NAME_PATTERN, description="Shown in logs and metrics instead of the key.")
     role: Role
-    expires_at: float | None = Field(None, description="Unix time after which the key is refused.")
+    expires_at: float | None = Field(None, ge=0, le=EPOCH_2100, description="Unix time after which the key is refused.")
     rate_limits: RateLimits | None = None
 
 

@@ -18,10 +18,12 @@ from pydantic import BaseModel, Field
 from core.errors import InvalidArgument, NotFound, ServiceUnavailable
 from core.gateway.metrics import install_main_metrics
 from core.gateway.runtime import MainRuntime, runtime_of
+from core.gateway.schemas import error_responses
 from core.managers.supervisor import State
 from core.wire import operation
 
 router = APIRouter()
+_PROXY_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive", "authorization"})
 
 
@@ -61,7 +63,7 @@ async def list_services(request: Request) -> list[dict[str, Any]]:
     return runtime_of(request).service_rows()
 
 
-@router.get("/services/{name}")
+@router.get("/services/{name}", responses=error_responses(400, 404))
 async def describe_service(name: str, request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
     status = rt.remote.status(name) if name in rt.remote else rt.supervisor.status(name)
@@ -71,7 +73,7 @@ async def describe_service(name: str, request: Request) -> dict[str, Any]:
     return out
 
 
-@router.post("/services/{name}/{action}")
+@router.post("/services/{name}/{action}", responses=error_responses(400, 404))
 async def service_action(name: str, action: Literal["start", "stop", "restart"], request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
     if name in rt.remote:
@@ -87,7 +89,7 @@ async def service_action(name: str, action: Literal["start", "stop", "restart"],
     return status.to_dict()
 
 
-@router.get("/services/{name}/logs")
+@router.get("/services/{name}/logs", responses=error_responses(400, 404))
 async def service_logs(
     name: str,
     request: Request,
@@ -134,7 +136,7 @@ class CallBody(BaseModel):
     deadline_s: float | None = Field(None, gt=0, le=600)
 
 
-@router.post("/call")
+@router.post("/call", responses=error_responses(400, 404, 503))
 async def call(body: CallBody, request: Request) -> dict[str, Any]:
     """Call any service operation through the hub, with proto3-JSON in and out."""
     rt = runtime_of(request)
@@ -160,7 +162,6 @@ def _request_id(request: Request) -> dict[str, str]:
     return {"x-request-id": rid} if rid else {}
 
 
-@router.api_route("/proxy/{service}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 async def proxy(service: str, path: str, request: Request) -> Response:
     """Forward a raw HTTP request to a service's HTTP port, adding the internal token."""
     rt = runtime_of(request)
@@ -182,3 +183,12 @@ async def proxy(service: str, path: str, request: Request) -> Response:
         ) from e
     passthrough = {k: v for k, v in r.headers.items() if k.lower() in {"content-type", "retry-after"}}
     return Response(r.content, status_code=r.status_code, headers=passthrough)
+
+
+# One route per method, each with its own operationId (one route for all five gave them the same id,
+# which OpenAPI forbids and client generators and schemathesis trip over).
+for _method in _PROXY_METHODS:
+    router.add_api_route(
+        "/proxy/{service}/{path:path}", proxy, methods=[_method], operation_id=f"proxy_{_method.lower()}",
+        responses=error_responses(404, 503),
+    )

@@ -24,10 +24,11 @@ from core.access import OPEN, Principal, principal_of
 from core.conversation.types import Session, TurnRecord
 from core.errors import InvalidArgument, NotFound, Overloaded, RequestRejected
 from core.gateway.runtime import MainRuntime, runtime_of
+from core.gateway.schemas import error_responses
 from core.logs import session_id_var
 from core.sessions import CollectingSink, TurnInProgress
 
-router = APIRouter(prefix="/api", tags=["conversation"])
+router = APIRouter(prefix="/api", tags=["conversation"], responses=error_responses(400, 404, 409, 413, 503))
 AudioMode = Literal["url", "inline", "none"]
 #: Types that declare raw PCM16: believed whatever the body's first bytes look like.
 _DECLARED_PCM = ("audio/pcm", "audio/l16", "audio/x-raw")
@@ -37,6 +38,17 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"OggS", "ogg"), (0, b"fLaC", "flac"), (0, b"ID3", "mp3"), (0, b"\x1aE\xdf\xa3", "webm"),
     (4, b"ftyp", "mp4"), (0, b"#!AMR", "amr"), (0, b"caff", "caf"),
 )
+AUDIO_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary"}, "session_id": {"type": "string"},
+                       "agent": {"type": "string"}, "voice_id": {"type": "string"}, "language": {"type": "string"},
+                       "sample_rate": {"type": "string"}, "audio": {"type": "string"}},
+    }},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+"""``openapi_extra`` of the upload routes, which parse their body themselves (parse_upload): a multipart
+``file`` or a raw body (any audio file, or PCM16 with Content-Type audio/pcm and ``?sample_rate=``)."""
 FORMATS_HINT = "WAV, MP3, OGG/Opus, FLAC, WebM or M4A; or raw PCM16 with Content-Type audio/pcm and ?sample_rate="
 
 
@@ -216,7 +228,7 @@ async def conversation(body: ConversationBody, request: Request) -> dict[str, An
     return reply(rt, record, sink, body.audio)
 
 
-@router.post("/orchestrator/conversation/audio")
+@router.post("/orchestrator/conversation/audio", openapi_extra=AUDIO_BODY)
 async def conversation_audio(
     request: Request,
     session_id: str | None = Query(None), voice_id: str | None = Query(None), agent: str | None = Query(None),

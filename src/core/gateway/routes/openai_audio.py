@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from core.errors import InvalidArgument
 from core.gateway.runtime import runtime_of
+from core.gateway.schemas import error_responses
 from uvpb import common_pb2, stt_pb2
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(400, 503))
 _FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
 

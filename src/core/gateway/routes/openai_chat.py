@@ -14,26 +14,39 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import CallError, InvalidArgument
 from core.gateway.runtime import runtime_of
+from core.gateway.schemas import error_responses
 from uvpb import llm_pb2
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(400, 503))
+INT32_MAX = 2**31 - 1
+"""Token counts travel as int32 (llm.proto); a larger one is a 400 here rather than an overflow."""
+
+
+class ContentPart(BaseModel):
+    """One part of ``messages[].content``; only ``{"type": "text", "text": "..."}`` is served."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description='"text" (image and audio parts are refused with a 400).')
+    text: str | None = Field(None, description="The words of a text part.")
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]]
+    content: str | list[ContentPart]
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        parts = [p.get("text", "") for p in self.content if p.get("type") == "text"]
-        if len(parts) != len(self.content):
-            raise InvalidArgument("only text content parts are supported in messages[].content")
-        return "".join(parts)
+        if any(p.type != "text" or p.text is None for p in self.content):
+            raise InvalidArgument(
+                'only text content parts are supported in messages[].content: {"type": "text", "text": "..."}'
+            )
+        return "".join(p.text or "" for p in self.content)
 
 
 class ChatBody(BaseModel):
@@ -42,10 +55,10 @@ class ChatBody(BaseModel):
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Any 64-bit integer.")
     stream_options: dict[str, Any] | None = None
 
 

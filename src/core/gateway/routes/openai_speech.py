@@ -15,9 +15,12 @@ from google.protobuf import json_format
 from pydantic import BaseModel, Field
 
 from core.gateway.runtime import runtime_of
+from core.gateway.schemas import error_responses
 from uvpb import tts_pb2
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(400, 503))
+MAX_SAMPLE_RATE = 192_000
+"""Highest ``sample_rate`` taken; past it a request is a 400 here, not an overflow of the proto's int32."""
 _MEDIA = {
     "mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
     "wav": "audio/wav", "pcm": "audio/pcm",
@@ -31,7 +34,9 @@ class SpeechBody(BaseModel):
     response_format: str = Field("mp3", description="mp3, opus, flac, wav or pcm (PCM16 mono).")
     speed: float = Field(1.0, description="0.25 to 4.0.")
     language: str = Field("", description="Extension: en-us, pt-br... (empty: the voice's default).")
-    sample_rate: int = Field(0, description="Extension: resample to this rate (0 keeps the engine's).")
+    sample_rate: int = Field(
+        0, ge=0, le=MAX_SAMPLE_RATE, description="Extension: resample to this rate in Hz (0 keeps the engine's).",
+    )
 
 
 def _request(body: SpeechBody) -> tts_pb2.SynthesizeRequest:

@@ -23,12 +23,13 @@ from pydantic import BaseModel, Field
 from core.access import Principal, principal_of
 from core.conversation.types import Session
 from core.errors import CallError, Overloaded
-from core.gateway.routes.conversation import check_text, parse_upload
+from core.gateway.routes.conversation import AUDIO_BODY, check_text, parse_upload
 from core.gateway.runtime import MainRuntime, runtime_of
+from core.gateway.schemas import error_responses
 from core.logs import session_id_var, turn_id_var
 from core.sessions import PollBuffer, PollSink, TurnInProgress
 
-router = APIRouter(prefix="/api/poll", tags=["polling"])
+router = APIRouter(prefix="/api/poll", tags=["polling"], responses=error_responses(400, 404, 409, 413, 503))
 log = logging.getLogger("ultravox.gateway.polling")
 MAX_WAIT_S = 25.0
 START_STEPS = 20
@@ -109,7 +110,7 @@ async def poll_text(session_id: str, body: TextTurn, request: Request) -> JSONRe
     return await _start(rt, s, buf, out_rate, run)
 
 
-@router.post("/{session_id}/audio")
+@router.post("/{session_id}/audio", openapi_extra=AUDIO_BODY)
 async def poll_audio(
     session_id: str, request: Request,
     sample_rate: int | None = Query(None, ge=8000, le=48000, description="Rate of a raw PCM16 body."),

@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field
 
 from core.config import ServiceConfig
 from core.gateway.runtime import runtime_of
+from core.gateway.schemas import error_responses
 from core.managers.profiles import load_profile
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(400, 404))
 #: Fields shown per service; env is left out (it may hold secrets' names and values).
 _FIELDS = ("enabled", "extra", "engine", "model", "device", "options", "remote")
 

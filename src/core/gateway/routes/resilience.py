@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from core.errors import InvalidArgument, NotFound
 from core.gateway.runtime import MainRuntime, runtime_of
+from core.gateway.schemas import ErrorBody
 
 router = APIRouter(tags=["resilience"])
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -68,15 +69,6 @@ class BreakerReset(BaseModel):
     previous_failures: int
     cleared_down: list[str] = Field(description="Protocols whose down mark the reset cleared.")
     now: ServiceResilience
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 def known_services(rt: MainRuntime) -> list[str]:

@@ -16,9 +16,10 @@ from pydantic import BaseModel, Field
 from core.access import principal_of
 from core.errors import NotFound
 from core.gateway.runtime import runtime_of
+from core.gateway.schemas import error_responses
 from core.sessions import check_session_id
 
-router = APIRouter(prefix="/api", tags=["sessions"])
+router = APIRouter(prefix="/api", tags=["sessions"], responses=error_responses(400, 404, 503))
 
 
 class NewSession(BaseModel):

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from pydantic import BaseModel, Field
 
 from core.access import principal_of
 from core.errors import InvalidArgument
 from core.gateway.runtime import MainRuntime, runtime_of
-from core.gateway.webrtc import PeerRegistry, parse_candidates, parse_offer
+from core.gateway.schemas import error_responses
+from core.gateway.webrtc import CANDIDATES_SCHEMA, OFFER_SCHEMA, PeerRegistry, parse_candidates, parse_offer
 
 
 @asynccontextmanager
@@ -29,7 +31,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(lifespan=_lifespan)
+router = APIRouter(lifespan=_lifespan, responses=error_responses(400))
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its JSON body itself (to say exactly what is wrong with it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class Answer(BaseModel):
+    sdp: str = Field(description="The server's SDP answer, with its ICE candidates.")
+    type: str = Field(description='Always "answer".')
+    pc_id: str = Field(description="This call's id: PATCH (candidates) and DELETE (hang up) /api/offer/{pc_id}.")
+    session_id: str = Field(description="The conversation session the call opened or resumed.")
 
 
 def peers_of(request: Request) -> PeerRegistry:
@@ -44,7 +58,10 @@ async def webrtc_config(request: Request) -> dict[str, Any]:
     return {"ice_servers": [s.model_dump(exclude_none=True) for s in servers]}
 
 
-@router.post("/api/offer")
+@router.post(
+    "/api/offer", response_model=Answer, openapi_extra=_json_body(OFFER_SCHEMA),
+    responses=error_responses(404, 503),
+)
 async def offer(request: Request) -> dict[str, str]:
     """An SDP offer in, the answer (with the server's candidates), ``pc_id`` and ``session_id`` out."""
     rt = runtime_of(request)
@@ -54,7 +71,8 @@ async def offer(request: Request) -> dict[str, str]:
     return {"sdp": sdp, "type": "answer", "pc_id": peer.id, "session_id": peer.session_id}
 
 
-@router.patch("/api/offer/{pc_id}", status_code=204)
+@router.patch("/api/offer/{pc_id}", status_code=204, openapi_extra=_json_body(CANDIDATES_SCHEMA),
+              responses=error_responses(404))
 async def add_candidates(pc_id: str, request: Request) -> Response:
     """Trickled ICE candidates of the client (an empty ``candidate`` ends them)."""
     peer = peers_of(request).get(pc_id)
@@ -66,7 +84,7 @@ async def add_candidates(pc_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.delete("/api/offer/{pc_id}", status_code=204)
+@router.delete("/api/offer/{pc_id}", status_code=204, responses=error_responses(404))
 async def end_call(pc_id: str, request: Request) -> Response:
     """End the call now; the session stays in the store (resume it with ``config.session_id``)."""
     await peers_of(request).end(pc_id)

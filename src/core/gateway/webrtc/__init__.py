@@ -5,6 +5,6 @@ parsers; everything else here is private to the package.
 """
 
 from core.gateway.webrtc.registry import PeerRegistry
-from core.gateway.webrtc.signalling import parse_candidates, parse_offer
+from core.gateway.webrtc.signalling import CANDIDATES_SCHEMA, OFFER_SCHEMA, parse_candidates, parse_offer
 
-__all__ = ["PeerRegistry", "parse_candidates", "parse_offer"]
+__all__ = ["CANDIDATES_SCHEMA", "OFFER_SCHEMA", "PeerRegistry", "parse_candidates", "parse_offer"]

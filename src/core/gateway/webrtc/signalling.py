@@ -50,6 +50,30 @@ class _CandidatesBody(BaseModel):
     candidates: list[_Candidate] = Field(max_length=MAX_CANDIDATES)
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined, for an OpenAPI ``requestBody`` (which has no $defs)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if isinstance(ref := node.get("$ref"), str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out: dict[str, Any] = walk(schema)
+    return out
+
+
+OFFER_SCHEMA = inline_schema(_OfferBody)
+"""What ``POST /api/offer`` reads (documented in OpenAPI; the route parses the raw body itself)."""
+CANDIDATES_SCHEMA = inline_schema(_CandidatesBody)
+"""What ``PATCH /api/offer/{pc_id}`` reads."""
+
+
 @dataclass(frozen=True, slots=True)
 class Offer:
     sdp: str
