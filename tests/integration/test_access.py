@@ -61,6 +61,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): PUBLIC,   # public by config (Prometheus); operator when removed from public_paths
     ("GET", "/api/monitoring/targets"): OPERATOR,
     ("GET", "/api/webrtc/stats"): OPERATOR,
+    ("GET", "/api/cluster"): OPERATOR,
+    ("POST", "/api/cluster/deployments/{deployment}/scale"): OPERATOR,
     ("GET", "/api/resilience"): OPERATOR,
     ("POST", "/api/resilience/breakers/{service}/reset"): OPERATOR,
     ("GET", "/api/profiles"): OPERATOR,
@@ -96,7 +98,7 @@ EXPECTED: dict[tuple[str, str], str] = {
 }
 PARAMS = {
     "name": "nosuch", "action": "restart", "session_id": "no-such-session", "jti": "0" * 32, "pc_id": "nosuch",
-    "audio_id": "nosuch", "service": "nosuch", "path:path": "health", "name:path": "app.js",
+    "audio_id": "nosuch", "service": "nosuch", "deployment": "nosuch", "path:path": "health", "name:path": "app.js",
 }
 RANK = {CLIENT: 0, OPERATOR: 1, ADMIN: 2}
 CALLERS = ("nobody", "client", "operator", "admin", "token", "expired", "tampered", "revoked")

@@ -49,6 +49,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/metrics"): OPERATOR,
     ("GET", "/api/monitoring/targets"): OPERATOR,
     ("GET", "/api/webrtc/stats"): OPERATOR,
+    ("GET", "/api/cluster"): OPERATOR,
+    ("POST", "/api/cluster/deployments/{deployment}/scale"): OPERATOR,
     ("GET", "/api/resilience"): OPERATOR,
     ("POST", "/api/resilience/breakers/{service}/reset"): OPERATOR,
     ("GET", "/api/profiles"): OPERATOR,

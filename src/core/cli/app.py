@@ -1,5 +1,5 @@
 """``sm`` commands: list, describe, health, start, stop, restart, logs, call, profile list|show|activate,
-breakers [reset SERVICE], keys list|create|delete|hash, token create|revoke.
+breakers [reset SERVICE], keys list|create|delete|hash, token create|revoke, scale ROLE N.
 
 Finds main through ``--url`` or ``SM_URL`` (default http://127.0.0.1:8080). ``--json`` prints
 machine-readable output for scripts.
@@ -78,6 +78,37 @@ def list_(ctx: typer.Context) -> None:
             f"{r.get('http_port') or '-':>6}  {r.get('restarts', 0):>8}  {_dur(r.get('uptime_s')):>8}  "
             f"{_mb(r.get('rss_bytes')):>8}  {(r.get('last_error') or '')[:60]}"
         )
+    if any(r.get("role") == "cluster" and r.get("state") == "RUNNING" for r in rows):
+        _print_deployments(_client(st).get("/api/cluster"))
+
+
+def _print_deployments(status: dict[str, Any]) -> None:
+    """The cluster's Ray Serve deployments: replicas running, starting, unhealthy, target, restarts."""
+    typer.echo(f"\nray serve ({status['mode']} {status['address']}, {status['nodes']} node(s), grpc "
+               f":{status['serve_grpc_port']}, http :{status['serve_http_port']})")
+    typer.echo(f"{'DEPLOYMENT':<12}{'APP':<10}{'STATUS':<12}{'RUNNING':>8}{'STARTING':>9}{'UNHEALTHY':>10}"
+               f"{'TARGET':>10}{'RESTARTS':>9}  MESSAGE")
+    for d in status["deployments"]:
+        target = (f"{d['min_replicas']}-{d['max_replicas']}" if d["autoscaling"] else str(d["target_replicas"]))
+        typer.echo(f"{d['role']:<12}{d['application']:<10}{d['status']:<12}{d['running']:>8}{d['starting']:>9}"
+                   f"{d['unhealthy']:>10}{target:>10}{d['restarts']:>9}  {d['message'][:60]}")
+
+
+@app.command()
+def scale(
+    ctx: typer.Context,
+    role: str = typer.Argument(..., help="stt, tts, llm (or the Serve application's name)."),
+    replicas: int = typer.Argument(..., help="Replicas (an autoscaling deployment: its new minimum)."),
+    max_replicas: int = typer.Option(0, "--max", help="Autoscaling only: the new maximum."),
+) -> None:
+    """Set a Ray Serve deployment's replicas (cluster profile); returns once Ray accepted it."""
+    st: _State = ctx.obj
+    r = _client(st).post(f"/api/cluster/deployments/{role}/scale",
+                         json={"replicas": replicas, "max_replicas": max_replicas}, timeout=660)
+    if st.as_json:
+        _print_json(r)
+        return
+    _print_deployments(r)
 
 
 def _remote_summary(r: dict[str, Any]) -> str:

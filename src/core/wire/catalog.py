@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from core.errors import NotFound
-from uvpb import common_pb2, llm_pb2, stt_pb2, tts_pb2
+from uvpb import cluster_pb2, common_pb2, llm_pb2, stt_pb2, tts_pb2
 
 
 class Kind(enum.Enum):
@@ -54,6 +54,7 @@ CONTROL_OPS: dict[str, Operation] = {
 _STT = "ultravox.v1.SpeechToText"
 _TTS = "ultravox.v1.TextToSpeech"
 _LLM = "ultravox.v1.LanguageModel"
+_CLUSTER = "ultravox.v1.Cluster"
 _ROLE_OPS: dict[str, dict[str, Operation]] = {
     "stt": {
         "Transcribe": Operation("Transcribe", _STT, stt_pb2.TranscribeRequest, stt_pb2.TranscribeResponse),
@@ -77,6 +78,10 @@ _ROLE_OPS: dict[str, dict[str, Operation]] = {
             "Generate", _LLM, llm_pb2.GenerateRequest, llm_pb2.GenerateChunk, Kind.SERVER_STREAM
         ),
         "ListModels": Operation("ListModels", _LLM, llm_pb2.ListModelsRequest, llm_pb2.ListModelsResponse),
+    },
+    "cluster": {  # the Ray Serve agent (services/cluster): replicas of the model roles' deployments
+        "Status": Operation("Status", _CLUSTER, cluster_pb2.ClusterStatusRequest, cluster_pb2.ClusterStatus),
+        "Scale": Operation("Scale", _CLUSTER, cluster_pb2.ScaleRequest, cluster_pb2.ClusterStatus),
     },
 }
 
