@@ -39,6 +39,8 @@ def _dict(msg: Any) -> dict[str, Any]:
     out: dict[str, Any] = json_format.MessageToDict(
         msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    for d in out.get("deployments", []):   # proto3 JSON writes 64-bit counts as strings
+        d["restarts"] = int(d.get("restarts", 0))
     return out
 
 
