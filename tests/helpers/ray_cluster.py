@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from services.cluster.head import stop_tree
 from tests.helpers.service_process import free_port
 
 
@@ -61,23 +61,6 @@ class RayNode:
             stop_tree(proc.pid, grace)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-
-
-def stop_tree(pid: int, grace: float = 10) -> None:
-    """SIGTERM ``pid``'s process group and descendants, SIGKILL what is left after ``grace``."""
-    try:
-        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
 
 
 def rss_mb(pid: int) -> float:

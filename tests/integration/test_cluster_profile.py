@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import os
 import signal
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import pytest
 from typer.testing import CliRunner
 
 from core.cli.app import app as sm
+from core.sessions import wav_bytes
 from tests.helpers.cluster_stack import CLUSTER_ENV, RayPorts, cluster_config
 from tests.helpers.netns import loopback_netns, netns_unavailable
 from tests.helpers.ray_cluster import RayNode
@@ -78,16 +77,6 @@ def deployment(m: MainProcess, role: str) -> dict[str, Any]:
     return next(d for d in status(m)["deployments"] if d["role"] == role)
 
 
-def wav_of(pcm: bytes, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
-
-
 def audio_turn(m: MainProcess, session: str) -> httpx.Response:
     return httpx.post(f"{m.url}/api/orchestrator/conversation/audio", timeout=TIMEOUT,
                       data={"session_id": session, "audio": "none"},
@@ -112,7 +101,7 @@ def test_a_spoken_turn_through_the_cluster(cluster_main: MainProcess) -> None:
     assert done["outcome"] == "ok" and "paris" in done["assistant_text"].lower(), done
     assert len(reply) > 16000, "no reply audio"
     heard = httpx.post(f"{m.url}/v1/audio/transcriptions", timeout=TIMEOUT, data={"model": "whisper-1"},
-                       files={"file": ("reply.wav", wav_of(reply, 16000), "audio/wav")})
+                       files={"file": ("reply.wav", wav_bytes(reply, 16000), "audio/wav")})
     assert heard.status_code == 200, heard.text
     assert word_error_rate(done["assistant_text"], heard.json()["text"]) <= 0.35, (done, heard.json())
 
