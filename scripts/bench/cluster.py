@@ -159,7 +159,8 @@ def main() -> int:
     service_python("cluster")   # the cluster venv, built before the namespace (no network in it)
     base = ROOT / "var" / "bench" / "cluster-run"
     temp_dir = f"/tmp/uvb{os.getpid()}"
-    config = cluster_config(base / "config", PORTS, temp_dir)
+    # 0.5 CPU a replica: three fill 1.5 of the head's 2, so a second STT replica fits on the one node
+    config = cluster_config(base / "config", PORTS, temp_dir, replica_cpus=0.5)
     doc: dict[str, Any] = {"utterances": [u.info() for u in pool], "loadavg_start": os.getloadavg()}
     with loopback_netns("uvbench"):
         local = MainStack(base / "local-var")
