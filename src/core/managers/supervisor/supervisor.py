@@ -270,7 +270,14 @@ class ServiceSupervisor:
         return self._runner(name).status()
 
     def statuses(self) -> list[ServiceStatus]:
-        return [r.status() for r in self._runners.values()]
+        """Every service of the active profile, and any other that runs (one ``sm start`` started)."""
+        enabled = {c.name for c in self._ctx.settings.enabled_services()}
+        out = []
+        for name, r in self._runners.items():
+            st = r.status()
+            if name in enabled or st.pid is not None:
+                out.append(st)
+        return out
 
     def startup_seconds(self, name: str) -> float | None:
         """How long the service's last start took, spawn to RUNNING; None before one completed."""
