@@ -221,3 +221,26 @@ def test_tokens_and_made_keys_are_scrubbed_from_log_text() -> None:
     key = new_key()
     line = scrub(f"GET /ws/voice?token={token}&x=1 and {key} and bare {token}")
     assert token not in line and key not in line and "token=***" in line
+
+
+async def test_a_token_dies_with_the_key_that_minted_it(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from core.access import Access, RateLimiter
+    from core.config.models import RateLimits
+
+    store = ConversationStore(tmp_path / "s.sqlite3")
+    await store.open()
+    try:
+        ring = KeyRing(store, env_key="root-key-xyz")
+        issuer = TokenIssuer(SECRET, store, default_ttl_s=600, max_ttl_s=3600)
+        access = Access(GatewayConfig(), ring, issuer, RateLimiter(RateLimits()),
+                        Counter("t_access", "t", ["key", "outcome"], registry=CollectorRegistry()))
+        _, secret = await ring.create("web", "client", by="root")
+        token = (await issuer.mint(ring.authenticate(secret)))["token"]
+        assert access.authenticate(token).name == "web"
+        await ring.delete("web", by="root")
+        with pytest.raises(Unauthenticated, match="that minted this token was deleted"):
+            access.authenticate(token)
+    finally:
+        await store.close()

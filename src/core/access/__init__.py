@@ -15,6 +15,7 @@ Public face: :class:`Access` (built by main's lifespan once the store is open, k
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from core.access.principal import OPEN, Principal
 from core.access.ratelimit import RateLimiter
 from core.access.tokens import TokenIssuer, load_secret, looks_like_jwt
 from core.config.models import GatewayConfig, RateLimits
+from core.errors import Unauthenticated
 from core.logs import register_secret
 from core.sessions.store import ConversationStore
 
@@ -51,7 +53,12 @@ class Access:
     def authenticate(self, credential: str) -> Principal:
         """A key or a client token, as a principal (Unauthenticated saying why not)."""
         if looks_like_jwt(credential):
-            return self.tokens.verify(credential)
+            principal = self.tokens.verify(credential)
+            minter = self.keys.get(principal.name)
+            if minter is None or (minter.expires_at is not None and minter.expires_at <= time.time()):
+                raise Unauthenticated(f"the API key {principal.name!r} that minted this token was deleted or has "
+                                      "expired, and its tokens went with it; get a new token with a valid key")
+            return principal
         return self.keys.authenticate(credential)
 
     def attach_store(self, store: ConversationStore) -> None:
