@@ -46,9 +46,32 @@ def head_command(o: ClusterOptions, ray_bin: Path) -> list[str]:
         f"--max-worker-port={o.max_worker_port}", f"--num-cpus={o.num_cpus:g}", "--include-dashboard=false",
         "--disable-usage-stats",
     ]
-    if o.temp_dir:
-        cmd.append(f"--temp-dir={o.temp_dir}")
+    cmd.append(f"--temp-dir={session_root(o)}")
     return cmd
+
+
+def session_root(o: ClusterOptions) -> str:
+    """Ray's session folder for this head: the configured one, else one of this agent's own, so
+    every process of this Ray (the head's and its workers') carries it on its command line."""
+    return o.temp_dir or f"/tmp/uvray-{o.gcs_port}"
+
+
+def sweep(marker: str, grace_s: float = 5) -> int:
+    """Stop every process whose command line holds ``marker`` (this head's session folder): Ray
+    workers whose parent died are no longer the head's descendants. Returns how many were found."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.info["pid"] != os.getpid() and marker in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return len(found)
 
 
 class RayHead:
@@ -104,6 +127,8 @@ class RayHead:
         family = stop_tree(proc.pid, grace_s)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        if orphans := sweep(session_root(self.options)):
+            log.warning("stopped %d Ray process(es) left outside the head's process tree", orphans)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
         log.info("Ray head stopped (%d processes)", len(family))

@@ -109,7 +109,7 @@ class ClusterOptions(_Strict):
     num_cpus: float = Field(2, gt=0, description="mode local: CPUs the head offers to replicas.")
     min_worker_port: int = Field(20000, ge=1024, le=65535, description="mode local: Ray worker ports, first.")
     max_worker_port: int = Field(20100, ge=1024, le=65535, description="mode local: Ray worker ports, last.")
-    temp_dir: str = Field("", description="mode local: Ray's session folder ('' = Ray's default, /tmp/ray); "
+    temp_dir: str = Field("", description="mode local: Ray's session folder ('' = /tmp/uvray-<gcs_port>); "
                                           "keep it short, Ray's socket paths must stay under 108 bytes.")
     proxy_host: str = Field("127.0.0.1", description="Serve's HTTP proxy host (its gRPC proxy binds every "
                                                      "interface: Ray has no setting for it).")
