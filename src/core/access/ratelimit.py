@@ -41,6 +41,8 @@ class RateLimiter:
             "Requests refused by the rate limiter (429), by key name ('-': by client address) and window.",
             ["key", "window"], registry=registry,
         )
+        for window, _ in WINDOWS:   # the address budgets' series exist from the start (0), for dashboards
+            self._limited.labels("-", window)
 
     def allowed(self, address: str, key: str | None) -> bool:
         """On the allowlist: not limited at all."""
