@@ -64,13 +64,7 @@ def sweep(marker: str, grace_s: float = 5) -> int:
         with contextlib.suppress(psutil.Error):
             if p.info["pid"] != os.getpid() and marker in " ".join(p.info["cmdline"] or []):
                 found.append(p)
-    for p in found:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(found, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+    end(found, grace_s)
     return len(found)
 
 
@@ -143,12 +137,17 @@ def stop_tree(pid: int, grace_s: float = 10) -> list[psutil.Process]:
         family = []
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
+    end(family, grace_s)
     return family
+
+
+def end(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM each of ``procs``, SIGKILL those still alive after ``grace_s``."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 

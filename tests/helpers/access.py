@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,3 @@ def tampered(token: str) -> str:
     other = jwt.encode(claims, "x" * 40, algorithm="HS256").split(".")[1]
     assert other != payload
     return f"{head}.{other}.{sig}"
-
-
-@dataclass
-class Callers:
-    """Every kind of caller the role matrix tries, by name -> Authorization header value ('' = none)."""
-
-    creds: dict[str, str] = field(default_factory=dict)
-
-    def headers(self, who: str) -> dict[str, str]:
-        c = self.creds[who]
-        return bearer(c) if c else {}
